@@ -1,0 +1,51 @@
+"""Numbered orbax checkpoints of a TrainState, each with the signed mask and a JSON summary beside it."""
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from aws_jax import pruning
+from aws_jax.errors import UserError
+from aws_jax.train import TrainState
+
+
+class Checkpoints:
+  """The checkpoints in one directory, numbered by round (pruning stage) or epoch (final training)."""
+
+  def __init__(self, directory: str, max_to_keep: int | None = None):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'summary'))
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: TrainState, summary: dict) -> None:
+    """Writes atomically: a checkpoint killed half-way is never seen as complete."""
+    item = {'state': state, 'signs': pruning.signs(state.params, state.mask)}
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(item),
+                                                     summary=ocp.args.JsonSave(summary)))
+    self._manager.wait_until_finished()
+
+  def summary(self, step: int) -> dict:
+    return self._manager.restore(step, args=ocp.args.Composite(summary=ocp.args.JsonRestore()))['summary']
+
+  def restore(self, step: int, template: TrainState) -> TrainState:
+    """The state saved at `step`, shaped like `template` (a state or its jax.eval_shape)."""
+    target = {'state': template, 'signs': jax.eval_shape(pruning.signs, template.params, template.mask)}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    try:
+      restored = self._manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']
+    except (ValueError, KeyError, TypeError) as e:
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise UserError(f'checkpoint {self.directory}/{step} does not match this model and config '
+                      f'({first_line[:200]}); run with the config that wrote it, or use another --workdir') from e
+    return restored['state']
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,276 @@
+"""The AWS protocol end to end: dense warm-up, pruning rounds, then final trainings from the signed mask.
+
+`run(config, workdir)` is what `python -m aws_jax.main` calls. Every round and every final training is
+checkpointed; rerunning the same command continues from the last complete checkpoint with the same results.
+"""
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from aws_jax import config as config_lib
+from aws_jax import data as data_lib
+from aws_jax import models, pruning, reporting, train
+from aws_jax.checkpoints import Checkpoints
+from aws_jax.errors import UserError
+
+FINAL_PHASE = 1_000_000  # data-order phase of final trainings (pruning rounds use their round number)
+WORKDIR_FILES = ('checkpoints', 'tensorboard', 'metrics.jsonl', 'results.json', 'config.json')
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What every phase of a run shares: the model, the device-resident data and the per-leaf rules."""
+  config: ml_collections.ConfigDict
+  model: Any
+  dataset: data_lib.Dataset
+  train_images: jax.Array
+  train_labels: jax.Array
+  test_images: jax.Array
+  test_labels: jax.Array
+  is_norm: Any
+  prunable: Any
+  eval_step: Callable
+
+  def optimizer(self, schedule: str, epochs: int):
+    opt = self.config.optimizer
+    total_steps = max(epochs, 1) * (self.dataset.train_labels.shape[0] // self.config.batch_size)
+    return train.make_optimizer(opt.name, train.schedule(schedule, opt.lr, total_steps), opt.momentum,
+                                opt.weight_decay)
+
+  def jit_train_step(self, tx, aws: bool) -> Callable:
+    step = train.make_train_step(self.model, tx, aws=aws, is_norm=self.is_norm,
+                                 augmentation=self.dataset.augmentation, mean=self.dataset.mean,
+                                 std=self.dataset.std)
+    return jax.jit(step, donate_argnums=0)
+
+  def fresh_state(self, seed: int, tx) -> train.TrainState:
+    """A dense network initialised from `seed`, remembering its initial values."""
+    key = jax.random.PRNGKey(seed)
+    params, batch_stats = train.init_variables(self.model, key, self.dataset.train_images.shape[1:])
+    init_params = jax.tree.map(jnp.copy, params)  # its own buffers: the step donates params
+    return train.create_state(params, batch_stats, pruning.full_mask(params), init_params, tx,
+                              jax.random.fold_in(key, 1))
+
+  def evaluate(self, state: train.TrainState) -> dict:
+    return train.evaluate(self.eval_step, state.params, state.batch_stats, self.test_images, self.test_labels,
+                          self.config.eval_batch_size)
+
+
+def make_setup(config: ml_collections.ConfigDict) -> Setup:
+  dataset = data_lib.load(config.dataset, config.data_dir or None, config.download)
+  model = models.create_model(config.model, dataset.num_classes)
+  params, _ = jax.eval_shape(lambda: train.init_variables(model, jax.random.PRNGKey(0),
+                                                          dataset.train_images.shape[1:]))
+  if config.batch_size > dataset.train_labels.shape[0]:
+    raise UserError(f'--config.batch_size={config.batch_size} exceeds the {dataset.train_labels.shape[0]} '
+                    f'training examples of {config.dataset}')
+  eval_step = train.make_eval_step(model, dataset.mean, dataset.std)
+  return Setup(config=config, model=model, dataset=dataset,
+               train_images=jnp.asarray(dataset.train_images), train_labels=jnp.asarray(dataset.train_labels),
+               test_images=jnp.asarray(dataset.test_images), test_labels=jnp.asarray(dataset.test_labels),
+               is_norm=pruning.norm_leaves(params), prunable=pruning.prunable_leaves(params, config.prune.exclude),
+               eval_step=jax.jit(eval_step))
+
+
+def train_epochs(setup: Setup, step_fn: Callable, state: train.TrainState, *, seed: int, phase: int,
+                 epochs: range, label: str, log: reporting.MetricsLog,
+                 on_epoch_end: Callable | None = None) -> tuple[train.TrainState, dict]:
+  """Trains over `epochs`, evaluating and logging after each; raises UserError if the loss turns NaN."""
+  n, batch_size = setup.dataset.train_labels.shape[0], setup.config.batch_size
+  metrics = {}
+  for epoch in epochs:
+    order = train.epoch_order(seed, phase, epoch, n, batch_size)
+    loss_sum, correct = 0.0, 0
+    bar = tqdm.tqdm(order, desc=f'{label} epoch {epoch + 1}/{epochs.stop}', leave=False,
+                    disable=not setup.config.progress, unit='step')
+    for indices in bar:
+      state, step_metrics = step_fn(state, setup.train_images, setup.train_labels, indices)
+      loss_sum += step_metrics['loss']
+      correct += step_metrics['correct']
+    train_loss = float(loss_sum) / len(order)
+    if not math.isfinite(train_loss):
+      raise UserError(f'the training loss became {train_loss} in {label}, epoch {epoch + 1}: the run diverged; '
+                      f'lower --config.optimizer.lr (now {setup.config.optimizer.lr}) and rerun '
+                      f'(checkpoints already written are kept)')
+    metrics = {'train_loss': train_loss, 'train_accuracy': int(correct) / order.size,
+               **{f'test_{k}': v for k, v in setup.evaluate(state).items()}}
+    log.write({'phase': label, 'epoch': epoch + 1, **metrics}, int(state.step))
+    if on_epoch_end:
+      on_epoch_end(epoch + 1, state, metrics)
+  return state, metrics
+
+
+def pruning_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
+  """Round 0 (dense warm-up), then `rounds` rounds of prune + retrain; resumes after the last saved round."""
+  config = setup.config
+  tx = setup.optimizer('constant', config.prune.round_epochs)
+  step_fn = setup.jit_train_step(tx, aws=config.method == 'aws')
+  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
+  template = jax.eval_shape(lambda: setup.fresh_state(config.seed, tx))
+  done = checkpoints.latest()
+  state = setup.fresh_state(config.seed, tx) if done is None else checkpoints.restore(done, template)
+  first = 0 if done is None else done + 1
+  if done is not None:
+    print(f'resuming after pruning round {done} from {checkpoints.directory}', flush=True)
+  for round_index in range(first, config.prune.rounds + 1):
+    start = time.time()
+    if round_index > 0:
+      params, mask = prune(state.params, state.mask, setup.prunable, config.prune.fraction)
+      state = state.replace(params=params, mask=mask, opt_state=tx.init(params))
+    epochs = config.prune.warmup_epochs if round_index == 0 else config.prune.round_epochs
+    label = f'round {round_index}'
+    state, metrics = train_epochs(setup, step_fn, state, seed=config.seed, phase=round_index,
+                                  epochs=range(epochs), label=label, log=log)
+    if not metrics:
+      metrics = {'train_loss': float('nan'), 'train_accuracy': float('nan'), **{
+          f'test_{k}': v for k, v in setup.evaluate(state).items()}}
+    summary = {'round': round_index, 'method': config.method,
+               'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'],
+               **metrics, 'epochs': epochs, 'wall_s': round(time.time() - start, 2)}
+    checkpoints.save(round_index, state, summary)
+    print(f'round {round_index:2d} | {100 * summary["fraction_left"]:6.2f}% left | train acc '
+          f'{100 * metrics["train_accuracy"]:6.2f} | test acc {100 * metrics["test_accuracy"]:6.2f} | '
+          f'{summary["wall_s"]:.1f}s', flush=True)
+  checkpoints.close()
+
+
+def prune(params, mask, prunable, fraction: float):
+  """One round's global magnitude pruning; the new mask is applied to the weights."""
+  new_mask = pruning.prune_global_magnitude(params, mask, prunable, fraction)
+  return pruning.apply_mask(params, new_mask), new_mask
+
+
+def start_final(setup: Setup, mode: str, source: train.TrainState, seed: int, tx) -> train.TrainState:
+  """The network a final training starts from: the source round's signed mask, mask, or weights."""
+  fresh = setup.fresh_state(seed, tx)
+  if mode == 'signed':
+    signed = pruning.signs(source.params, source.mask)
+    params = pruning.signed_mask_transfer(fresh.params, signed, setup.is_norm)
+  elif mode == 'mask':
+    params = pruning.apply_mask(fresh.params, source.mask)
+  else:  # retrain: the trained sparse network itself (copied: the step donates its state)
+    source = jax.tree.map(jnp.copy, source)
+    return fresh.replace(params=source.params, batch_stats=source.batch_stats, mask=source.mask,
+                         init_params=source.init_params, opt_state=tx.init(source.params))
+  return fresh.replace(params=params, mask=jax.tree.map(jnp.copy, source.mask), opt_state=tx.init(params))
+
+
+def final_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
+  """One final training per (seed, mode) from the source round; each resumes from its own checkpoints."""
+  config = setup.config
+  source_round = config_lib.source_round(config)
+  prune_checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
+  if source_round not in prune_checkpoints.steps():
+    raise UserError(f'pruning round {source_round} was never reached in {workdir} (last complete round: '
+                    f'{prune_checkpoints.latest()}); run the pruning stage first (--config.stage=prune or all)')
+  prune_tx = setup.optimizer('constant', config.prune.round_epochs)
+  source = prune_checkpoints.restore(
+      source_round, jax.eval_shape(lambda: setup.fresh_state(config.seed, prune_tx)))
+  prune_checkpoints.close()
+  tx = setup.optimizer(config.final.schedule, config.final.epochs)
+  step_fn = setup.jit_train_step(tx, aws=False)
+  for seed in config.final.seeds:
+    for mode in config.final.modes:
+      summary = final_run(setup, step_fn, tx, source, source_round, mode, seed, workdir, log)
+      print(f'final {mode:8s} from round {source_round} seed {seed} | {100 * summary["fraction_left"]:6.2f}% '
+            f'left | test acc {100 * summary["test_accuracy"]:6.2f} | {summary["wall_s"]:.1f}s', flush=True)
+
+
+def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState, source_round: int, mode: str,
+              seed: int, workdir: str, log: reporting.MetricsLog) -> dict:
+  """Trains one final network (or resumes it) and returns the summary saved with its last checkpoint."""
+  config = setup.config
+  name = f'{mode}_round{source_round}_seed{seed}'
+  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'final', name), max_to_keep=1)
+  done = checkpoints.latest() or 0
+  if done < config.final.epochs:
+    start = time.time()
+    if done == 0:
+      state = start_final(setup, mode, source, seed, tx)
+    else:
+      state = checkpoints.restore(done, jax.eval_shape(lambda: setup.fresh_state(seed, tx)))
+
+    def save(epoch, state, metrics):
+      if epoch % config.checkpoint_every_epochs == 0 or epoch == config.final.epochs:
+        summary = {'mode': mode, 'source_round': source_round, 'seed': seed,
+                   'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'],
+                   **metrics, 'epochs': epoch, 'wall_s': round(time.time() - start, 2)}
+        checkpoints.save(epoch, state, summary)
+
+    train_epochs(setup, step_fn, state, seed=seed, phase=FINAL_PHASE, epochs=range(done, config.final.epochs),
+                 label=f'final {name}', log=log, on_epoch_end=save)
+  summary = checkpoints.summary(checkpoints.latest())
+  checkpoints.close()
+  return summary
+
+
+def saved_summaries(directory: str) -> list[dict]:
+  """The summaries of every checkpoint in `directory`, oldest first."""
+  checkpoints = Checkpoints(directory)
+  summaries = [checkpoints.summary(step) for step in checkpoints.steps()]
+  checkpoints.close()
+  return summaries
+
+
+def collect_results(workdir: str, final_epochs: int) -> dict:
+  """results.json's content from the checkpoints on disk: every saved round, every finished final training."""
+  final_root = os.path.join(workdir, 'checkpoints', 'final')
+  names = sorted(os.listdir(final_root)) if os.path.isdir(final_root) else []
+  final = [s[-1] for s in (saved_summaries(os.path.join(final_root, n)) for n in names)
+           if s and s[-1]['epochs'] == final_epochs]
+  final.sort(key=lambda s: (s['source_round'], s['seed'], config_lib.MODES.index(s['mode'])))
+  return {'rounds': saved_summaries(os.path.join(workdir, 'checkpoints', 'prune')), 'final': final}
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses a workdir holding a run of another config unless told to overwrite; records this config."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, 'config.json')
+  fingerprint = config_lib.fingerprint(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    changed = [k for k in sorted(set(previous) | set(fingerprint)) if previous.get(k) != fingerprint.get(k)]
+    if changed and not config.overwrite:
+      key = changed[0]
+      raise UserError(f'{workdir} holds a run with {key}={previous.get(key)!r} (this config: '
+                      f'{fingerprint.get(key)!r}); rerun with --config.overwrite=True to replace it, '
+                      f'or choose another --workdir')
+    if changed:
+      for name in WORKDIR_FILES:
+        target = os.path.join(workdir, name)
+        if os.path.isdir(target):
+          shutil.rmtree(target)
+        elif os.path.exists(target):
+          os.remove(target)
+  reporting.write_json(path, fingerprint)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the stages `config.stage` asks for in `workdir`; returns (and writes) results.json's content."""
+  config_lib.validate(config)
+  prepare_workdir(config, workdir)
+  setup = make_setup(config)
+  log = reporting.MetricsLog(workdir)
+  try:
+    if config.stage in ('all', 'prune'):
+      pruning_stage(setup, workdir, log)
+      reporting.write_json(os.path.join(workdir, 'results.json'), collect_results(workdir, config.final.epochs))
+    if config.stage in ('all', 'final'):
+      final_stage(setup, workdir, log)
+  finally:
+    log.close()
+  results = collect_results(workdir, config.final.epochs)
+  reporting.write_json(os.path.join(workdir, 'results.json'), results)
+  print(reporting.format_table(results), flush=True)
+  return results

@@ -1,0 +1,46 @@
+"""What a run writes for people: per-epoch metrics (JSONL + TensorBoard), results.json and a summary table."""
+import json
+import os
+
+import tensorboardX
+
+
+class MetricsLog:
+  """Appends one JSON line per epoch to metrics.jsonl and the same scalars to TensorBoard event files."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, record: dict, global_epoch: int) -> None:
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    for key, value in record.items():
+      if isinstance(value, float):
+        self._tensorboard.add_scalar(f'{record["phase"]}/{key}', value, global_epoch)
+    self._tensorboard.flush()
+
+  def close(self) -> None:
+    self._tensorboard.close()
+
+
+def write_json(path: str, obj) -> None:
+  """Writes JSON atomically (a kill leaves the old file or the new one, never half of one)."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def format_table(results: dict) -> str:
+  """The rounds and final trainings as a plain-text table."""
+  lines = [f'{"stage":<24}{"% left":>8}{"train acc":>11}{"test acc":>10}']
+  for r in results['rounds']:
+    name = 'dense warm-up (round 0)' if r['round'] == 0 else f'pruning round {r["round"]}'
+    lines.append(f'{name:<24}{100 * r["fraction_left"]:>8.2f}{100 * r["train_accuracy"]:>11.2f}'
+                 f'{100 * r["test_accuracy"]:>10.2f}')
+  for f in results['final']:
+    name = f'{f["mode"]} r{f["source_round"]} seed {f["seed"]}'
+    lines.append(f'{name:<24}{100 * f["fraction_left"]:>8.2f}{100 * f["train_accuracy"]:>11.2f}'
+                 f'{100 * f["test_accuracy"]:>10.2f}')
+  return '\n'.join(lines)

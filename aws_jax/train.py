@@ -1,0 +1,134 @@
+"""The training step and the small pure pieces around it: state, optimizer, schedules, evaluation."""
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from aws_jax import data as data_lib
+from aws_jax import pruning
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training run carries from step to step; a plain pytree (checkpointable, vmappable)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  mask: Any
+  init_params: Any
+  rng: jax.Array
+
+
+def schedule(kind: str, lr: float, total_steps: int) -> optax.Schedule:
+  """'constant' (pruning stage), 'step' (÷10 at 50 % and 75 %) or 'cosine' (down to lr·1e-3)."""
+  if kind == 'constant':
+    return optax.constant_schedule(lr)
+  if kind == 'step':
+    return optax.piecewise_constant_schedule(lr, {total_steps // 2: 0.1, (3 * total_steps) // 4: 0.1})
+  if kind == 'cosine':
+    return optax.cosine_decay_schedule(lr, total_steps, alpha=1e-3)
+  raise ValueError(f'unknown schedule {kind!r}')
+
+
+def make_optimizer(name: str, learning_rate: optax.ScalarOrSchedule, momentum: float,
+                   weight_decay: float) -> optax.GradientTransformation:
+  """SGD with momentum, or Adam, both with L2 weight decay added to the gradient (as PyTorch does)."""
+  if name == 'sgd':
+    base = optax.sgd(learning_rate, momentum=momentum)
+  elif name == 'adam':
+    base = optax.adam(learning_rate)
+  else:
+    raise ValueError(f'unknown optimizer {name!r}')
+  return optax.chain(optax.add_decayed_weights(weight_decay), base)
+
+
+def init_variables(model: nn.Module, key: jax.Array, image_shape) -> tuple[Any, Any]:
+  """Fresh (params, batch_stats) for one image of `image_shape` (H, W, C)."""
+  variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return variables['params'], variables.get('batch_stats', {})
+
+
+def create_state(params, batch_stats, mask, init_params, tx: optax.GradientTransformation,
+                 rng: jax.Array) -> TrainState:
+  """A state at step 0 with a fresh optimizer."""
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), mask=mask, init_params=init_params, rng=rng)
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, aws: bool, is_norm,
+                    augmentation: str, mean, std) -> Callable:
+  """Builds `train_step(state, images, labels, indices) -> (state, metrics)`.
+
+  `images`/`labels` are the whole training set (on device); `indices` picks this step's batch. With `aws`, one
+  α ~ U[0, 1) drawn from the state's key blends every normalization layer's ψ toward its initial value for this
+  step's forward pass; without it, the step is plain LRR. Gradients and updates are masked, so pruned weights
+  stay exactly zero. Pure: no Python side effects, so it can be jitted and vmapped.
+  """
+  def train_step(state: TrainState, images, labels, indices):
+    rng, augment_key, alpha_key, dropout_key = jax.random.split(state.rng, 4)
+    x = data_lib.normalize(data_lib.augment(augment_key, images[indices], augmentation), mean, std)
+    y = labels[indices]
+    alpha = jax.random.uniform(alpha_key) if aws else 0.0
+
+    def loss_fn(params):
+      if aws:
+        params = pruning.interpolate_norm(params, state.init_params, alpha, is_norm)
+      logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, x, train=True,
+                                    mutable=['batch_stats'], rngs={'dropout': dropout_key})
+      return cross_entropy(logits, y).mean(), (logits, updates['batch_stats'])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = pruning.apply_mask(grads, state.mask)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = pruning.apply_mask(optax.apply_updates(state.params, updates), state.mask)
+    metrics = {'loss': loss, 'correct': jnp.sum(jnp.argmax(logits, -1) == y), 'alpha': alpha}
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                         rng=rng), metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, mean, std) -> Callable:
+  """Builds `eval_step(params, batch_stats, images, labels, indices, valid) -> (loss_sum, correct)`."""
+  def eval_step(params, batch_stats, images, labels, indices, valid):
+    x = data_lib.normalize(images[indices], mean, std)
+    logits = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
+    y = labels[indices]
+    loss = jnp.sum(cross_entropy(logits, y) * valid)
+    correct = jnp.sum((jnp.argmax(logits, -1) == y) * valid)
+    return loss, correct
+
+  return eval_step
+
+
+def eval_batches(n: int, batch_size: int):
+  """(indices, valid) pairs covering 0..n-1 in fixed-size batches; the last is padded with invalid rows."""
+  for start in range(0, n, batch_size):
+    indices = np.arange(start, start + batch_size)
+    valid = indices < n
+    yield np.where(valid, indices, 0).astype(np.int32), valid.astype(np.float32)
+
+
+def evaluate(eval_step: Callable, params, batch_stats, images, labels, batch_size: int) -> dict:
+  """Mean loss and accuracy over a whole (device-resident) split."""
+  n = labels.shape[0]
+  totals = [eval_step(params, batch_stats, images, labels, idx, valid)
+            for idx, valid in eval_batches(n, min(batch_size, n))]
+  loss, correct = np.sum(np.asarray(jax.device_get(totals)), axis=0)
+  return {'loss': float(loss / n), 'accuracy': float(correct / n)}
+
+
+def epoch_order(seed: int, phase: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
+  """The (steps, batch_size) example indices of one epoch; a function of (seed, phase, epoch) alone."""
+  order = np.random.default_rng((seed, phase, epoch)).permutation(n)
+  steps = n // batch_size
+  return order[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
