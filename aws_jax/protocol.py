@@ -56,7 +56,8 @@ class Setup:
   def fresh_state(self, seed: int, tx) -> train.TrainState:
     """A dense network initialised from `seed`, remembering its initial values."""
     key = jax.random.PRNGKey(seed)
-    params, batch_stats = train.init_variables(self.model, key, self.dataset.train_images.shape[1:])
+    init = jax.jit(train.init_variables, static_argnums=(0, 2))
+    params, batch_stats = init(self.model, key, self.dataset.train_images.shape[1:])
     init_params = jax.tree.map(jnp.copy, params)  # its own buffers: the step donates params
     return train.create_state(params, batch_stats, pruning.full_mask(params), init_params, tx,
                               jax.random.fold_in(key, 1))

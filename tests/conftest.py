@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny digits config and a helper to run the CLI as a user would."""
+import os
+import subprocess
+import tempfile
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+  """One persistent XLA compilation cache for the session and the CLI runs it starts: same programs, less waiting."""
+  del config
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='aws_jax_xla_cache_'))
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+
+
+def tiny_digits_config(**overrides):
+  """configs/digits.py shrunk to a few seconds of training; `overrides` use dotted keys."""
+  sys.path.insert(0, os.path.join(REPO, 'configs'))
+  try:
+    import digits  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  config = digits.get_config()
+  config.prune.warmup_epochs = 3
+  config.prune.rounds = 3
+  config.prune.round_epochs = 2
+  config.final.epochs = 4
+  config.final.seeds = (2,)
+  config.checkpoint_every_epochs = 2
+  config.progress = False
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+TINY_FLAGS = ('--config.prune.warmup_epochs=3', '--config.prune.rounds=3', '--config.prune.round_epochs=2',
+              '--config.final.epochs=4', '--config.final.seeds=(2,)', '--config.checkpoint_every_epochs=2',
+              '--config.progress=False')
+
+
+def cli_command(workdir, *flags, config='configs/digits.py'):
+  return [sys.executable, '-m', 'aws_jax.main', f'--config={os.path.join(REPO, config)}', f'--workdir={workdir}',
+          *TINY_FLAGS, *flags]
+
+
+def run_cli(workdir, *flags, config='configs/digits.py', timeout=300):
+  """Runs `python -m aws_jax.main` on the tiny digits protocol; returns the CompletedProcess."""
+  return subprocess.run(cli_command(workdir, *flags, config=config), cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@pytest.fixture
+def tiny_config():
+  return tiny_digits_config

@@ -1,0 +1,242 @@
+"""End to end on digits: the protocol's results, checkpoints, kill-and-resume, and its refusals of bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from aws_jax import config as config_lib
+from aws_jax import protocol, pruning, reporting
+from aws_jax.checkpoints import Checkpoints
+from aws_jax.errors import UserError
+from conftest import REPO, cli_command, run_cli, tiny_digits_config
+
+
+def expected_alive(total: int, rounds: int) -> list[int]:
+  alive = [total]
+  for _ in range(rounds):
+    alive.append(alive[-1] - int(np.round(0.2 * alive[-1])))
+  return alive
+
+
+@pytest.fixture(scope='module')
+def digits_run(tmp_path_factory):
+  """One whole tiny AWS protocol on digits (all three final modes), run in-process."""
+  workdir = str(tmp_path_factory.mktemp('digits'))
+  config = tiny_digits_config()
+  return workdir, config, protocol.run(config, workdir)
+
+
+def restore_round(workdir, config, round_index):
+  setup = protocol.make_setup(config)
+  tx = setup.optimizer('constant', config.prune.round_epochs)
+  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
+  state = checkpoints.restore(round_index, jax.eval_shape(lambda: setup.fresh_state(config.seed, tx)))
+  checkpoints.close()
+  return setup, state
+
+
+def test_rounds_follow_the_pruning_schedule(digits_run):
+  workdir, config, results = digits_run
+  rounds = results['rounds']
+  assert [r['round'] for r in rounds] == list(range(config.prune.rounds + 1))
+  setup, state = restore_round(workdir, config, config.prune.rounds)
+  total = pruning.sparsity_summary(state.mask, setup.prunable)['total']
+  alive = expected_alive(total, config.prune.rounds)
+  np.testing.assert_allclose([r['fraction_left'] for r in rounds], np.array(alive) / total, rtol=0, atol=1e-12)
+  np.testing.assert_allclose([r['fraction_left'] for r in rounds], 0.8 ** np.arange(len(rounds)), atol=1e-4)
+  for r in rounds:
+    assert 0 <= r['test_accuracy'] <= 1 and 0 <= r['train_accuracy'] <= 1
+  assert rounds[0]['test_accuracy'] > 0.9  # the dense warm-up learned digits
+
+
+def test_checkpoints_hold_sparse_weights_and_their_signed_mask(digits_run):
+  workdir, config, _ = digits_run
+  setup, state = restore_round(workdir, config, config.prune.rounds)
+  for p, m, rule in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.mask),
+                        jax.tree.leaves(setup.prunable)):
+    assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
+    if not rule:
+      assert np.all(np.asarray(m))
+  # The classifier, biases and norm parameters are never pruned.
+  assert np.all(np.asarray(state.mask['classifier']['kernel']))
+
+
+def test_final_modes_run_and_signed_transfer_is_close_to_dense(digits_run):
+  _, config, results = digits_run
+  final = results['final']
+  assert [(f['mode'], f['seed'], f['source_round']) for f in final] == [
+      ('signed', 2, 3), ('mask', 2, 3), ('retrain', 2, 3)]
+  for f in final:
+    assert f['fraction_left'] == pytest.approx(results['rounds'][-1]['fraction_left'])
+    assert f['epochs'] == config.final.epochs
+  dense = results['rounds'][0]['test_accuracy']
+  signed = final[0]['test_accuracy']
+  # Calibrated over seeds 1-4 of this tiny protocol (51 % of weights left): signed transfer ended
+  # between 0.6 points above and 1.4 points below the dense network; 4 points is the margin.
+  assert signed >= dense - 0.04, (signed, dense)
+  with open(os.path.join(digits_run[0], 'results.json')) as f:
+    assert json.load(f) == results
+
+
+def test_signed_transfer_starts_from_fresh_magnitudes_and_trained_signs(digits_run):
+  workdir, config, _ = digits_run
+  setup, source = restore_round(workdir, config, config.prune.rounds)
+  tx = setup.optimizer('step', config.final.epochs)
+  fresh = setup.fresh_state(5, tx)
+  start = protocol.start_final(setup, 'signed', source, 5, tx)
+  trained_signs = pruning.signs(source.params, source.mask)
+  for p, f, s, norm in zip(jax.tree.leaves(start.params), jax.tree.leaves(fresh.params),
+                           jax.tree.leaves(trained_signs), jax.tree.leaves(setup.is_norm)):
+    expected = np.asarray(f) if norm else np.abs(np.asarray(f)) * np.asarray(s)
+    np.testing.assert_array_equal(np.asarray(p), expected)
+  jax.tree.map(np.testing.assert_array_equal, start.batch_stats, fresh.batch_stats)
+  jax.tree.map(np.testing.assert_array_equal, start.mask, source.mask)
+
+
+def test_metrics_and_tensorboard_are_written(digits_run):
+  workdir, config, _ = digits_run
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  epochs = (config.prune.warmup_epochs + config.prune.rounds * config.prune.round_epochs
+            + 3 * config.final.epochs)
+  assert len(records) == epochs
+  assert {'phase', 'epoch', 'train_loss', 'train_accuracy', 'test_accuracy', 'test_loss'} <= set(records[0])
+  assert any(name.startswith('events.out.tfevents') for name in os.listdir(os.path.join(workdir, 'tensorboard')))
+
+
+def test_final_stage_alone_reuses_the_pruning_checkpoints(digits_run, tmp_path):
+  workdir, config, results = digits_run
+  config = tiny_digits_config(stage='final', **{'final.source_round': 1, 'final.modes': ('mask',)})
+  again = protocol.run(config, workdir)
+  assert again['rounds'] == results['rounds']
+  modes = [(f['mode'], f['source_round']) for f in again['final']]
+  assert ('mask', 1) in modes and ('signed', 3) in modes  # earlier final runs stay in results.json
+
+
+def without_timing(results):
+  return {stage: [{k: v for k, v in r.items() if k != 'wall_s'} for r in rows] for stage, rows in results.items()}
+
+
+def wait_for(path, process, timeout=240):
+  start = time.time()
+  while not os.path.exists(path):
+    assert process.poll() is None, process.communicate()
+    assert time.time() - start < timeout
+    time.sleep(0.05)
+
+
+def test_kill_and_resume_gives_identical_results(digits_run, tmp_path):
+  reference, config, reference_results = digits_run
+  resumed = tmp_path / 'resumed'
+  # Kill -9 twice: during pruning round 2 (round 1 saved), then during a final training (2 epochs saved).
+  for marker in ('checkpoints/prune/1', 'checkpoints/final/signed_round3_seed2/2'):
+    process = subprocess.Popen(cli_command(resumed), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(resumed / marker, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+  result = run_cli(resumed)
+  assert result.returncode == 0, result.stderr
+  with open(resumed / 'results.json') as f:
+    assert without_timing(json.load(f)) == without_timing(reference_results)
+  for round_index in range(config.prune.rounds + 1):
+    _, a = restore_round(reference, config, round_index)
+    _, b = restore_round(str(resumed), config, round_index)
+    jax.tree.map(np.testing.assert_array_equal, a.mask, b.mask)
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+
+
+# --- Bad input: one line on stderr, a non-zero exit, nothing already written lost. -------------------------------
+
+def assert_one_line_error(result, *fragments):
+  assert result.returncode == 2, (result.returncode, result.stderr)
+  lines = [line for line in result.stderr.splitlines() if line.startswith('error:')]
+  assert len(lines) == 1, result.stderr
+  assert 'Traceback' not in result.stderr
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize('flag, fragments', [
+    ('--config.prune.roundz=3', ('unknown config key', 'rounds')),
+    ('--config.prune.rounds=abc', ('--config.prune.rounds',)),
+    ('--config.prune.fraction=1.5', ('fraction', 'between 0 and 1')),
+])
+def test_bad_command_line_is_refused_on_one_line(tmp_path, flag, fragments):
+  result = run_cli(tmp_path / 'run', flag)
+  assert_one_line_error(result, *fragments)
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('overrides, fragments', [
+    ({'prune.fraction': 0.0}, ('fraction',)),
+    ({'final.source_round': 7}, ('source_round=7', 'never reached')),
+    ({'model': 'resnet7'}, ('resnet7', 'vgg16')),
+    ({'dataset': 'imagenet'}, ('imagenet', 'cifar10')),
+    ({'final.modes': ('signed', 'random')}, ('random', 'mask')),
+    ({'optimizer.lr': -1.0}, ('optimizer.lr',)),
+])
+def test_bad_config_values_are_refused(overrides, fragments):
+  with pytest.raises(UserError) as error:
+    config_lib.validate(tiny_digits_config(**overrides))
+  assert all(fragment in str(error.value) for fragment in fragments), str(error.value)
+
+
+def test_workdir_of_another_config_is_refused_unless_overwrite(digits_run, tmp_path):
+  workdir = digits_run[0]
+  before = open(os.path.join(workdir, 'results.json')).read()
+  result = run_cli(workdir, '--config.prune.fraction=0.3')
+  assert_one_line_error(result, 'prune.fraction', 'overwrite')
+  assert open(os.path.join(workdir, 'results.json')).read() == before
+
+
+def test_overwrite_replaces_the_old_run(digits_run, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(digits_run[0], workdir)
+  result = run_cli(workdir, '--config.stage=prune', '--config.prune.rounds=1', '--config.prune.fraction=0.5',
+                   '--config.overwrite=True')
+  assert result.returncode == 0, result.stderr
+  results = json.loads((workdir / 'results.json').read_text())
+  assert [r['fraction_left'] for r in results['rounds']] == pytest.approx([1.0, 0.5], abs=1e-4)
+  assert results['final'] == [] and not (workdir / 'checkpoints' / 'final').exists()
+
+
+def test_final_stage_from_a_round_never_reached(tmp_path):
+  result = run_cli(tmp_path / 'fresh', '--config.stage=final')
+  assert_one_line_error(result, 'round 3 was never reached', 'stage')
+
+
+def test_checkpoint_of_another_model_is_refused(digits_run):
+  workdir, config, _ = digits_run
+  other = tiny_digits_config(model='resnet20')
+  setup = protocol.make_setup(other)
+  tx = setup.optimizer('constant', other.prune.round_epochs)
+  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
+  with pytest.raises(UserError, match='does not match this model'):
+    checkpoints.restore(0, jax.eval_shape(lambda: setup.fresh_state(1, tx)))
+  checkpoints.close()
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+  config = tiny_digits_config()
+  setup = protocol.make_setup(config)
+  tx = setup.optimizer('step', config.final.epochs)
+  step_fn = setup.jit_train_step(tx, aws=False)
+
+  def poisoned_step(state, images, labels, indices):
+    state, metrics = step_fn(state, images, labels, indices)
+    return state, {**metrics, 'loss': metrics['loss'] * np.nan}
+
+  log = reporting.MetricsLog(str(tmp_path))
+  with pytest.raises(UserError, match='loss became nan in final, epoch 1.*lower --config.optimizer.lr'):
+    protocol.train_epochs(setup, poisoned_step, setup.fresh_state(1, tx), seed=1, phase=0, epochs=range(2),
+                          label='final', log=log)
+  log.close()
+  result = run_cli(tmp_path / 'diverged', '--config.optimizer.lr=1e30')
+  assert_one_line_error(result, 'loss became', 'round 0, epoch 1', 'lower --config.optimizer.lr')
+  assert (tmp_path / 'diverged' / 'config.json').exists()
