@@ -4,6 +4,7 @@ Every tree here mirrors the model's params: a mask has one boolean array per par
 are never pruned), a sign tree one int8 array per parameter. The per-leaf *rules* (`prunable_leaves`,
 `norm_leaves`) are trees of Python bools: they are decided by names, once, and stay static under `jax.jit`.
 """
+import fractions
 import re
 from typing import Any, Sequence
 
@@ -50,7 +51,7 @@ def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
 
 
 def prune_global_magnitude(params: PyTree, mask: PyTree, prunable: PyTree, fraction: float) -> PyTree:
-  """Removes `round(fraction · alive)` of the alive prunable weights, those of smallest |w| over all layers.
+  """Removes round(fraction · alive) of the alive prunable weights, those of smallest |w| over all layers.
 
   One threshold for all prunable leaves together; ties are broken by position, so exactly that many go.
   Non-prunable leaves keep their mask. Jit-friendly with `prunable` static.
@@ -63,8 +64,8 @@ def prune_global_magnitude(params: PyTree, mask: PyTree, prunable: PyTree, fract
     return mask
   scores = jnp.concatenate(
       [jnp.where(masks[i], jnp.abs(leaves[i]), -jnp.inf).ravel().astype(jnp.float32) for i in chosen])
-  alive = jnp.sum(jnp.isfinite(scores))
-  n_remove = jnp.round(fraction * alive).astype(jnp.int32)
+  alive = jnp.sum(jnp.isfinite(scores), dtype=jnp.int32)
+  n_remove = _times_fraction(alive, fraction)
   dead = scores.size - alive
   rank = jnp.empty(scores.size, jnp.int32).at[jnp.argsort(scores, stable=True)].set(
       jnp.arange(scores.size, dtype=jnp.int32))
@@ -76,6 +77,14 @@ def prune_global_magnitude(params: PyTree, mask: PyTree, prunable: PyTree, fract
     new_masks[i] = keep[offset:offset + size].reshape(leaves[i].shape)
     offset += size
   return treedef.unflatten(new_masks)
+
+
+def _times_fraction(count: jax.Array, fraction: float) -> jax.Array:
+  """round(fraction · count), half up, in exact int32 arithmetic (float32 is inexact beyond 2^24 weights)."""
+  ratio = fractions.Fraction(fraction).limit_denominator(10_000)
+  p, q = ratio.numerator, ratio.denominator
+  whole, rest = count // q, count % q
+  return p * whole + (2 * p * rest + q) // (2 * q)
 
 
 def signs(params: PyTree, mask: PyTree) -> PyTree:

@@ -77,9 +77,9 @@ def test_final_modes_run_and_signed_transfer_is_close_to_dense(digits_run):
     assert f['epochs'] == config.final.epochs
   dense = results['rounds'][0]['test_accuracy']
   signed = final[0]['test_accuracy']
-  # Calibrated over seeds 1-4 of this tiny protocol (51 % of weights left): signed transfer ended
-  # between 0.6 points above and 1.4 points below the dense network; 4 points is the margin.
-  assert signed >= dense - 0.04, (signed, dense)
+  # Calibrated on this tiny protocol (51 % of weights left) over pruning seeds 1-4 x final seeds 11, 12:
+  # the signed transfer ended between 0.56 points below and 0.56 points above the dense network.
+  assert signed >= dense - 0.02, (signed, dense)
   with open(os.path.join(digits_run[0], 'results.json')) as f:
     assert json.load(f) == results
 

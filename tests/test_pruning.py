@@ -63,9 +63,12 @@ def alive(mask, prunable=PRUNABLE):
 
 def test_norm_leaves_are_exactly_scale_and_bias_of_norm_layers():
   params = {**tiny_params(), 'Block_0': {'LayerNorm_0': {'scale': f32([1.0]), 'bias': f32([0.0])},
+                                         'LayerNorm_1': {'scale': f32([1.0])},
+                                         'WeightNormDense_0': {'kernel': f32([[1.0]]), 'scale': f32([1.0])},
                                          'shortcut': {'kernel': f32([[1.0]])}}}
   assert pruning.norm_leaves(params) == {
-      **IS_NORM, 'Block_0': {'LayerNorm_0': {'scale': T, 'bias': T}, 'shortcut': {'kernel': F}}}
+      **IS_NORM, 'Block_0': {'LayerNorm_0': {'scale': T, 'bias': T}, 'LayerNorm_1': {'scale': T},
+                             'WeightNormDense_0': {'kernel': F, 'scale': F}, 'shortcut': {'kernel': F}}}
 
 
 def test_prunable_leaves_are_kernels_except_classifier():
@@ -170,8 +173,8 @@ def test_prune_repeated_rounds_leave_point_eight_to_the_k():
 
 
 def test_prune_removes_exactly_round_fraction_of_alive_at_scale():
-  # 10,485,767 alive -> round(2,097,153.4) = 2,097,153 must go. Counting in float32 (spacing 0.25 there) makes
-  # it 2,097,153.5 -> 2,097,154 (round half to even): one weight too many. Affects ~1 in 10 counts above 2^23 / 0.8.
+  # 10,485,767 alive -> round(2,097,153.4) = 2,097,153 must go. In float32 (spacing 0.25 there) 0.2 · alive is
+  # 2,097,153.5, which rounds to 2,097,154. Off by one for 10 % of alive counts in [5·2^21, 5·2^22), 32 % above.
   n = 10_485_767
   params = {'Dense_0': {'kernel': np.arange(1, n + 1, dtype=F32)}}
   mask = {'Dense_0': {'kernel': np.ones(n, bool)}}
