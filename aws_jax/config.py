@@ -11,7 +11,8 @@ OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('step', 'cosine', 'constant')
 
 # Keys that may change between two invocations on the same workdir: they pick what to run, not what a run is.
-RERUN_KEYS = ('stage', 'overwrite', 'progress', 'final.modes', 'final.seeds', 'final.source_round')
+RERUN_KEYS = ('stage', 'overwrite', 'progress', 'final.modes', 'final.seeds', 'final.source_round',
+              'barrier.points', 'barrier.bn_batches', 'barrier.chunk', 'barrier.psi_reset')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -46,6 +47,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.final.seeds = (2, 3)       # one final training per seed and mode
   config.final.epochs = 100
   config.final.schedule = 'step'    # 'step' (÷10 at 50 %, 75 %), 'cosine' (to lr·1e-3) or 'constant'
+
+  config.barrier = ml_collections.ConfigDict()  # error barriers (aws_jax.barrier; METHOD.md, "Analysis")
+  config.barrier.points = 11        # α = 0, 1/(points − 1), …, 1 along the linear path
+  config.barrier.bn_batches = -1    # training batches re-estimating BatchNorm statistics at each α: -1 one epoch,
+                                    # 0 none (the statistics are interpolated too)
+  config.barrier.chunk = 0          # α points vmapped together; 0: all on an accelerator, 1 on CPU (faster there)
+  config.barrier.psi_reset = True   # the pruning stage records the ψ-reset barrier after every round
 
   config.checkpoint_every_epochs = 10  # final-stage checkpoints within a run (pruning: after every round)
   config.overwrite = False          # start over in a workdir that holds a run of another config
@@ -88,6 +96,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for mode in config.final.modes:
     _check(mode in MODES, f'--config.final.modes has {mode!r}; each must be one of {", ".join(MODES)}')
   _check(len(config.final.seeds) > 0, '--config.final.seeds is empty; give at least one seed')
+  _check(config.barrier.points >= 2, f'--config.barrier.points={config.barrier.points} must be at least 2')
+  _check(config.barrier.bn_batches >= -1,
+         f'--config.barrier.bn_batches={config.barrier.bn_batches} must be -1 (one epoch), 0 (none) or positive')
+  _check(config.barrier.chunk >= 0, f'--config.barrier.chunk={config.barrier.chunk} must be >= 0 (0: all points)')
 
 
 def source_round(config: ml_collections.ConfigDict) -> int:

@@ -4,13 +4,18 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from aws_jax import conv
 from aws_jax.errors import UserError
 
-# PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here) and He-normal conv init.
+# PyTorch's BatchNorm and LayerNorm defaults (momentum 0.1 there is 0.9 here) and He-normal conv init.
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
-Conv = functools.partial(nn.Conv, use_bias=False, kernel_init=nn.initializers.kaiming_normal())
+LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5)
+Conv = functools.partial(nn.Conv, use_bias=False, kernel_init=nn.initializers.kaiming_normal(),
+                         conv_general_dilated=conv.conv_general_dilated)
+# Strided convs below pad k // 2 on every side, as PyTorch does ('SAME' would put the odd row after).
 
 VGG_PLANS = {
     'vgg11': (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M'),
@@ -80,18 +85,272 @@ class SmallCNN(nn.Module):
     return nn.Dense(self.num_classes, name='classifier')(x.mean(axis=(1, 2)))
 
 
-MODELS = ('small_cnn', 'resnet20', 'resnet56', *VGG_PLANS)
+class Bottleneck(nn.Module):
+  """torchvision's bottleneck: 1×1 reduce, 3×3 (with the stride), 1×1 expand to 4× width; 1×1 conv shortcut."""
+  width: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(BatchNorm, use_running_average=not train)
+    y = nn.relu(norm()(Conv(self.width, (1, 1))(x)))
+    y = nn.relu(norm()(Conv(self.width, (3, 3), strides=self.stride, padding=1)(y)))
+    y = norm()(Conv(4 * self.width, (1, 1))(y))
+    if self.stride != 1 or x.shape[-1] != 4 * self.width:
+      x = norm()(Conv(4 * self.width, (1, 1), strides=self.stride, name='shortcut')(x))
+    return nn.relu(x + y)
+
+
+class ResNet50(nn.Module):
+  """ResNet-50. `imagenet`: 7×7 stride-2 stem and 3×3 max-pool; else the CIFAR stem, one 3×3 stride-1 conv."""
+  num_classes: int
+  imagenet: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = functools.partial(BatchNorm, use_running_average=not train)
+    if self.imagenet:
+      x = nn.relu(norm()(Conv(64, (7, 7), strides=2, padding=3)(x)))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    else:
+      x = nn.relu(norm()(Conv(64, (3, 3))(x)))
+    for stage, (width, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
+      for block in range(blocks):
+        x = Bottleneck(width, 2 if stage > 0 and block == 0 else 1)(x, train)
+    return nn.Dense(self.num_classes, name='classifier')(x.mean(axis=(1, 2)))
+
+
+# (expansion, width, blocks, stride of the first block) per stage.
+MOBILENETV2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                      (6, 320, 1, 1))
+
+
+class InvertedResidual(nn.Module):
+  """MobileNetV2 block: 1×1 expansion, 3×3 depthwise, linear 1×1 projection.
+
+  CIFAR (kuangliu's pytorch-cifar): ReLU, an expansion conv even at expansion 1, and a shortcut on every stride-1
+  block (a 1×1 conv where the width changes). ImageNet (torchvision): ReLU6, no expansion conv at expansion 1, and
+  an identity shortcut only where the shape is unchanged.
+  """
+  expansion: int
+  width: int
+  stride: int
+  imagenet: bool
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(BatchNorm, use_running_average=not train)
+    act = nn.relu6 if self.imagenet else nn.relu
+    channels = self.expansion * x.shape[-1]
+    y = x
+    if self.expansion != 1 or not self.imagenet:
+      y = act(norm()(Conv(channels, (1, 1))(y)))
+    y = act(norm()(Conv(channels, (3, 3), strides=self.stride, padding=1, feature_group_count=channels)(y)))
+    y = norm()(Conv(self.width, (1, 1))(y))
+    if self.stride != 1 or (self.imagenet and x.shape[-1] != self.width):
+      return y
+    if x.shape[-1] != self.width:
+      x = norm()(Conv(self.width, (1, 1), name='shortcut')(x))
+    return x + y
+
+
+class MobileNetV2(nn.Module):
+  """MobileNetV2 (width 1). CIFAR: stride 1 in the stem and in the second stage; ImageNet: stride 2 in both."""
+  num_classes: int
+  imagenet: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = functools.partial(BatchNorm, use_running_average=not train)
+    act = nn.relu6 if self.imagenet else nn.relu
+    x = act(norm()(Conv(32, (3, 3), strides=2 if self.imagenet else 1, padding=1)(x)))
+    for stage, (expansion, width, blocks, stride) in enumerate(MOBILENETV2_STAGES):
+      if stage == 1 and not self.imagenet:
+        stride = 1
+      for block in range(blocks):
+        x = InvertedResidual(expansion, width, stride if block == 0 else 1, self.imagenet)(x, train)
+    x = act(norm()(Conv(1280, (1, 1))(x)))
+    return nn.Dense(self.num_classes, name='classifier')(x.mean(axis=(1, 2)))
+
+
+class SqueezeExcitation(nn.Module):
+  """Channel gates from the global average: 1×1 conv to `squeeze` channels, swish, 1×1 conv back, sigmoid."""
+  squeeze: int
+
+  @nn.compact
+  def __call__(self, x):
+    gates = nn.swish(Conv(self.squeeze, (1, 1), use_bias=True)(x.mean(axis=(1, 2), keepdims=True)))
+    return x * nn.sigmoid(Conv(x.shape[-1], (1, 1), use_bias=True)(gates))
+
+
+class MBConv(nn.Module):
+  """EfficientNet block: 1×1 expansion, depthwise conv, squeeze-excitation (to a quarter of the input width),
+  linear 1×1 projection; where the shape is unchanged, a residual whose branch is dropped per example
+  (drop-connect) with probability `drop_connect`."""
+  expansion: int
+  width: int
+  kernel: int
+  stride: int
+  drop_connect: float
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(BatchNorm, use_running_average=not train)
+    channels = self.expansion * x.shape[-1]
+    expand = Conv(channels, (1, 1))
+    if self.expansion == 1:
+      # The reference builds the expansion conv and its BatchNorm in every block and skips them at expansion 1:
+      # parameters (counted, pruned) that never reach the output. One pixel creates them, and keeps the BatchNorm's
+      # statistics updating like any other's, at no cost.
+      norm()(expand(x[:1, :1, :1]))
+      y = x
+    else:
+      y = nn.swish(norm()(expand(x)))
+    y = nn.swish(norm()(Conv(channels, (self.kernel, self.kernel), strides=self.stride, padding=self.kernel // 2,
+                             feature_group_count=channels)(y)))
+    y = SqueezeExcitation(x.shape[-1] // 4)(y)
+    y = norm()(Conv(self.width, (1, 1))(y))
+    if self.stride != 1 or x.shape[-1] != self.width:
+      return y
+    return x + nn.Dropout(self.drop_connect, broadcast_dims=(1, 2, 3), deterministic=not train)(y)
+
+
+# (expansion, width, blocks, kernel, stride of the first block) per stage.
+EFFICIENTNET_B0_STAGES = ((1, 16, 1, 3, 1), (6, 24, 2, 3, 2), (6, 40, 2, 5, 2), (6, 80, 3, 3, 2),
+                          (6, 112, 3, 5, 1), (6, 192, 4, 5, 2), (6, 320, 1, 3, 1))
+
+
+class EfficientNetB0(nn.Module):
+  """EfficientNet-B0 for CIFAR (kuangliu's pytorch-cifar): stride-1 3×3 stem, swish, no 1×1 head conv, dropout
+  before the classifier; block b of 16 drops its residual branch with probability drop_connect · b / 16."""
+  num_classes: int
+  dropout: float = 0.2
+  drop_connect: float = 0.2
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.swish(BatchNorm(use_running_average=not train)(Conv(32, (3, 3))(x)))
+    blocks = [(expansion, width, kernel, stride if block == 0 else 1)
+              for expansion, width, repeats, kernel, stride in EFFICIENTNET_B0_STAGES for block in range(repeats)]
+    for index, (expansion, width, kernel, stride) in enumerate(blocks):
+      x = MBConv(expansion, width, kernel, stride, self.drop_connect * index / len(blocks))(x, train)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x.mean(axis=(1, 2)))
+    return nn.Dense(self.num_classes, name='classifier')(x)
+
+
+def channel_shuffle(x, groups: int):
+  """Interleaves the channels of `groups` groups (NHWC), as ShuffleNet's view-transpose-view."""
+  *spatial, channels = x.shape
+  return x.reshape(*spatial, groups, channels // groups).swapaxes(-1, -2).reshape(*spatial, channels)
+
+
+class ShuffleUnit(nn.Module):
+  """ShuffleNet v1 unit: grouped 1×1 conv to a quarter of `width`, channel shuffle, 3×3 depthwise, grouped 1×1
+  conv. Stride 2: the output is concatenated after a 3×3 average-pooled input (the unit makes width − input
+  channels); stride 1: added to the input. Every conv has a bias."""
+  width: int
+  stride: int
+  groups: int
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(BatchNorm, use_running_average=not train)
+    conv = functools.partial(Conv, use_bias=True)
+    middle = self.width // 4
+    out = self.width - x.shape[-1] if self.stride == 2 else self.width
+    y = nn.relu(norm()(conv(middle, (1, 1), feature_group_count=self.groups)(x)))
+    y = channel_shuffle(y, self.groups)
+    y = norm()(conv(middle, (3, 3), strides=self.stride, padding=1, feature_group_count=middle)(y))
+    y = norm()(conv(out, (1, 1), feature_group_count=self.groups)(y))
+    if self.stride == 2:
+      pooled = nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      return nn.relu(jnp.concatenate([pooled, y], axis=-1))
+    return nn.relu(x + y)
+
+
+class ShuffleNet(nn.Module):
+  """ShuffleNet v1 for CIFAR (weiaicunzai's pytorch-cifar100): a 3×3 stride-1 stem of 24 channels, then stages of
+  `units` units of `widths` channels, each opening with a stride-2 unit; grouped first 1×1 convs in every stage."""
+  num_classes: int
+  groups: int = 3
+  widths: Sequence[int] = (240, 480, 960)
+  units: Sequence[int] = (4, 8, 4)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(BatchNorm(use_running_average=not train)(Conv(24, (3, 3), use_bias=True)(x)))
+    for width, units in zip(self.widths, self.units):
+      for unit in range(units):
+        x = ShuffleUnit(width, 2 if unit == 0 else 1, self.groups)(x, train)
+    return nn.Dense(self.num_classes, name='classifier')(x.mean(axis=(1, 2)))
+
+
+class MlpBlock(nn.Module):
+  """Dense to `hidden`, GELU, dense back to the input width."""
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.gelu(nn.Dense(self.hidden)(x), approximate=False)
+    return nn.Dense(x.shape[-1])(y)
+
+
+class MixerBlock(nn.Module):
+  """Pre-LayerNorm residual token mixing (an MLP across tokens), then channel mixing (an MLP across channels)."""
+  token_expansion: float
+  channel_expansion: float
+
+  @nn.compact
+  def __call__(self, x):
+    _, tokens, width = x.shape
+    y = LayerNorm()(x).swapaxes(1, 2)
+    x = x + MlpBlock(int(tokens * self.token_expansion), name='token_mixing')(y).swapaxes(1, 2)
+    y = LayerNorm()(x)
+    return x + MlpBlock(int(width * self.channel_expansion), name='channel_mixing')(y)
+
+
+class MlpMixer(nn.Module):
+  """MLP-Mixer: a patch-embedding conv, `depth` mixer blocks, LayerNorm, mean over tokens, dense classifier."""
+  num_classes: int
+  patch: int = 16
+  width: int = 512
+  depth: int = 12
+  token_expansion: float = 4
+  channel_expansion: float = 0.5
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = Conv(self.width, (self.patch, self.patch), strides=self.patch, padding='VALID', use_bias=True,
+             name='patch_embedding')(x)
+    x = x.reshape(x.shape[0], -1, self.width)
+    for _ in range(self.depth):
+      x = MixerBlock(self.token_expansion, self.channel_expansion)(x)
+    x = LayerNorm()(x)
+    return nn.Dense(self.num_classes, name='classifier')(x.mean(axis=1))
+
+
+# Plain names are the CIFAR-style variants (CIFAR-100 and Tiny-ImageNet); '_imagenet' ones have the ImageNet stem.
+_CONSTRUCTORS = {
+    'small_cnn': SmallCNN,
+    'resnet20': functools.partial(CifarResNet, 20),
+    'resnet56': functools.partial(CifarResNet, 56),
+    **{name: functools.partial(VGG, plan) for name, plan in VGG_PLANS.items()},
+    'resnet50': ResNet50,
+    'resnet50_imagenet': functools.partial(ResNet50, imagenet=True),
+    'mobilenetv2': MobileNetV2,
+    'mobilenetv2_imagenet': functools.partial(MobileNetV2, imagenet=True),
+    'efficientnet_b0': EfficientNetB0,
+    'shufflenet': ShuffleNet,
+    'mlp_mixer': MlpMixer,
+}
+MODELS = tuple(_CONSTRUCTORS)
 
 
 def create_model(name: str, num_classes: int) -> nn.Module:
   """The model called `name` (one of MODELS) with a `num_classes`-way classifier."""
-  if name in VGG_PLANS:
-    return VGG(VGG_PLANS[name], num_classes)
-  if name in ('resnet20', 'resnet56'):
-    return CifarResNet(int(name[len('resnet'):]), num_classes)
-  if name == 'small_cnn':
-    return SmallCNN(num_classes)
-  raise UserError(f'unknown model {name!r}; choose one of {", ".join(MODELS)}')
+  if name not in _CONSTRUCTORS:
+    raise UserError(f'unknown model {name!r}; choose one of {", ".join(MODELS)}')
+  return _CONSTRUCTORS[name](num_classes=num_classes)
 
 
 def count_params(params) -> int:

@@ -19,7 +19,7 @@ import tqdm
 
 from aws_jax import config as config_lib
 from aws_jax import data as data_lib
-from aws_jax import models, pruning, reporting, train
+from aws_jax import barrier, models, pruning, reporting, train
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 
@@ -65,6 +65,12 @@ class Setup:
   def evaluate(self, state: train.TrainState) -> dict:
     return train.evaluate(self.eval_step, state.params, state.batch_stats, self.test_images, self.test_labels,
                           self.config.eval_batch_size)
+
+  def path_data(self) -> barrier.PathData:
+    """What error barriers are measured on, as `config.barrier` says."""
+    return barrier.path_data(self.train_images, self.test_images, self.test_labels, self.dataset.mean,
+                             self.dataset.std, batch_size=self.config.batch_size,
+                             bn_batches=self.config.barrier.bn_batches, eval_batch_size=self.config.eval_batch_size)
 
 
 def make_setup(config: ml_collections.ConfigDict) -> Setup:
@@ -121,6 +127,7 @@ def pruning_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None
   done = checkpoints.latest()
   state = setup.fresh_state(config.seed, tx) if done is None else checkpoints.restore(done, template)
   first = 0 if done is None else done + 1
+  path_data = setup.path_data() if config.barrier.psi_reset else None
   if done is not None:
     print(f'resuming after pruning round {done} from {checkpoints.directory}', flush=True)
   for round_index in range(first, config.prune.rounds + 1):
@@ -135,14 +142,24 @@ def pruning_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None
     if not metrics:
       metrics = {'train_loss': float('nan'), 'train_accuracy': float('nan'), **{
           f'test_{k}': v for k, v in setup.evaluate(state).items()}}
+    psi_reset = psi_reset_summary(setup, state, path_data) if path_data else {}
     summary = {'round': round_index, 'method': config.method,
                'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'],
-               **metrics, 'epochs': epochs, 'wall_s': round(time.time() - start, 2)}
+               **metrics, **psi_reset, 'epochs': epochs, 'wall_s': round(time.time() - start, 2)}
     checkpoints.save(round_index, state, summary)
+    barrier_note = f'ψ-reset barrier {psi_reset["psi_reset_barrier"]:5.2f} | ' if psi_reset else ''
     print(f'round {round_index:2d} | {100 * summary["fraction_left"]:6.2f}% left | train acc '
           f'{100 * metrics["train_accuracy"]:6.2f} | test acc {100 * metrics["test_accuracy"]:6.2f} | '
-          f'{summary["wall_s"]:.1f}s', flush=True)
+          f'{barrier_note}{summary["wall_s"]:.1f}s', flush=True)
   checkpoints.close()
+
+
+def psi_reset_summary(setup: Setup, state: train.TrainState, path_data: barrier.PathData) -> dict:
+  """The error barrier (points of test error) between `state` and itself with ψ reset; the curve and error along α."""
+  curve = barrier.psi_reset_curve(setup.model, state, setup.is_norm, path_data, setup.config.barrier.points,
+                                  setup.config.barrier.chunk)
+  return {'psi_reset_barrier': curve['barrier'], 'psi_reset_curve': curve['curve'],
+          'psi_reset_test_error': curve['test_error']}
 
 
 def prune(params, mask, prunable, fraction: float):

@@ -16,21 +16,10 @@ from aws_jax.config import base_config
 
 
 def get_config(preset: str = ''):
-  config = base_config()
+  config = base_config()  # base_config() holds the CIFAR protocol: SGD 0.9, lr 0.1, wd 5e-4, batch 128, 10 + 15×10
   config.dataset = 'cifar10'
   config.model = 'vgg16'
   config.method = 'lrr' if preset == 'lrr' else 'aws'
-  config.batch_size = 128
-  config.optimizer.name = 'sgd'
-  config.optimizer.lr = 0.1
-  config.optimizer.momentum = 0.9
-  config.optimizer.weight_decay = 5e-4
-  config.prune.warmup_epochs = 10
-  config.prune.rounds = 15
-  config.prune.round_epochs = 10
-  config.final.epochs = 100
-  config.final.schedule = 'step'
-  config.final.seeds = (2, 3)
   if preset == 'smoke':
     config.prune.warmup_epochs = 1
     config.prune.rounds = 2
