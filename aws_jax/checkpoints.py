@@ -2,6 +2,7 @@
 import os
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from aws_jax import pruning
@@ -35,9 +36,14 @@ class Checkpoints:
     return self._manager.restore(step, args=ocp.args.Composite(summary=ocp.args.JsonRestore()))['summary']
 
   def restore(self, step: int, template: TrainState) -> TrainState:
-    """The state saved at `step`, shaped like `template` (a state or its jax.eval_shape)."""
-    target = {'state': template, 'signs': jax.eval_shape(pruning.signs, template.params, template.mask)}
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    """The state saved at `step`, shaped and placed like `template` (arrays or ShapeDtypeStructs with shardings).
+
+    Without shardings in `template`, arrays land on the default device; with them, a checkpoint written on any
+    number of devices restores onto this mesh.
+    """
+    template = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    signs = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, jnp.int8, sharding=m.sharding), template.mask)
+    abstract = {'state': template, 'signs': signs}
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))['state']

@@ -12,7 +12,7 @@ SCHEDULES = ('step', 'cosine', 'constant')
 
 # Keys that may change between two invocations on the same workdir: they pick what to run, not what a run is.
 RERUN_KEYS = ('stage', 'overwrite', 'progress', 'final.modes', 'final.seeds', 'final.source_round',
-              'barrier.points', 'barrier.bn_batches', 'barrier.chunk', 'barrier.psi_reset')
+              'mesh.fsdp', 'barrier.points', 'barrier.bn_batches', 'barrier.chunk', 'barrier.psi_reset')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -54,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
                                     # 0 none (the statistics are interpolated too)
   config.barrier.chunk = 0          # α points vmapped together; 0: all on an accelerator, 1 on CPU (faster there)
   config.barrier.psi_reset = True   # the pruning stage records the ψ-reset barrier after every round
+
+  config.mesh = ml_collections.ConfigDict()  # devices: the global batch is split over all of them
+  config.mesh.fsdp = 1              # > 1: also split params and optimizer state over this many devices (FSDP)
 
   config.checkpoint_every_epochs = 10  # final-stage checkpoints within a run (pruning: after every round)
   config.overwrite = False          # start over in a workdir that holds a run of another config

@@ -1,31 +1,55 @@
-"""Image classification datasets held in memory as numpy arrays, with normalization and augmentation in JAX.
+"""Image classification datasets, with normalization and augmentation in JAX.
 
-`digits` ships with scikit-learn. The others are read from data prepared by TFDS in the array_record format (no
-TensorFlow needed to read it); Fashion-MNIST can also come from Debian's `dataset-fashion-mnist` package. A dataset
-that is not there fails at once with a `UserError` that says how to prepare it: TFDS is only allowed to download when
-asked to.
+Held in memory as numpy arrays (`Dataset`): `digits` ships with scikit-learn; Tiny-ImageNet is decoded from its
+official folder layout (and cached as a .npz next to it); the others are read from data prepared by TFDS in the
+array_record format (no TensorFlow needed to read it); Fashion-MNIST can also come from Debian's
+`dataset-fashion-mnist` package. ImageNet is too large for memory: it is streamed (`StreamedDataset`) from TFDS's
+prepared array_record files by grain worker processes that decode and augment it. A dataset that is not there fails
+at once with a `UserError` that says how to get it: nothing is downloaded unless asked.
 """
 import dataclasses
 import gzip
+import io
+import math
 import os
 import pathlib
+import urllib.request
+import zipfile
+from typing import Any, Iterator
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import flags
+from PIL import Image
 from sklearn import datasets as sklearn_datasets
 
 from aws_jax.errors import UserError
 
-DATASETS = ('digits', 'fashion_mnist', 'cifar10', 'cifar100')
-AUGMENTATIONS = ('none', 'crop_flip')
+DATASETS = ('digits', 'fashion_mnist', 'cifar10', 'cifar100', 'tiny_imagenet', 'imagenet2012')
+AUGMENTATIONS = ('none', 'crop_flip', 'resized_crop_flip')
 
-_NUM_CLASSES = {'digits': 10, 'fashion_mnist': 10, 'cifar10': 10, 'cifar100': 100}
-_AUGMENTATION = {'digits': 'none', 'fashion_mnist': 'none', 'cifar10': 'crop_flip', 'cifar100': 'crop_flip'}
+_NUM_CLASSES = {'digits': 10, 'fashion_mnist': 10, 'cifar10': 10, 'cifar100': 100, 'tiny_imagenet': 200,
+                'imagenet2012': 1000}
+_AUGMENTATION = {'digits': 'none', 'fashion_mnist': 'none', 'cifar10': 'crop_flip', 'cifar100': 'crop_flip',
+                 'tiny_imagenet': 'resized_crop_flip'}
+_TEST_SPLIT = {'imagenet2012': 'validation'}  # the split evaluated on, when not 'test'
 _DIGITS_TRAIN_SIZE = 1437
 _FASHION_MNIST_IDX_DIR = pathlib.Path('/usr/share/datasets/fashion-mnist')
 _CROP_PADDING = 4
+_CROP_RATIO = (3 / 4, 4 / 3)  # random resized crops: torchvision's aspect ratios and number of tries
+_CROP_TRIES = 10
+_TINY_IMAGENET_CROP_SCALE = (0.5, 1.0)
+_TINY_IMAGENET_URL = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
+_TINY_IMAGENET_FOLDER = 'tiny-imagenet-200'
+_TINY_IMAGENET_CACHE = 'aws_jax_arrays.npz'
+_IMAGENET_CROP_SCALE = (0.08, 1.0)
+_IMAGENET_SIZE = 224
+_IMAGENET_RESIZE = 256  # test: shorter side resized to this, then the central _IMAGENET_SIZE crop
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255  # the usual statistics, in pixel units
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,13 +65,82 @@ class Dataset:
   std: np.ndarray
   augmentation: str
 
+  @property
+  def num_train(self) -> int:
+    return self.train_labels.shape[0]
 
-def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = False) -> Dataset:
-  """Loads a dataset of `DATASETS`; `data_dir` is the TFDS data directory (default: as TFDS resolves it)."""
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return self.train_images.shape[1:]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedDataset:
+  """A dataset too large for memory, read batch by batch from TFDS's prepared array_record files.
+
+  Worker processes decode and augment it, so `augmentation` is 'none'; `mean` and `std` are in pixel units.
+  """
+  name: str
+  train_source: Any  # TFDS data sources yielding {'image': JPEG bytes, 'label': int}
+  test_source: Any
+  num_classes: int
+  mean: np.ndarray
+  std: np.ndarray
+  image_shape: tuple[int, int, int]
+  augmentation: str = 'none'
+
+  @property
+  def num_train(self) -> int:
+    return len(self.train_source)
+
+  @property
+  def num_test(self) -> int:
+    return len(self.test_source)
+
+  def train_batches(self, batch_size: int, *, seed: int, phase: int, epoch: int,
+                    workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of (images uint8 (B, 224, 224, 3), labels int32 (B,)); the last incomplete batch is dropped.
+
+    The order and the augmentation (random resized crop of scale (0.08, 1) to 224 px, horizontal flip with
+    probability 1/2) are functions of (seed, phase, epoch) alone, whatever the number of `workers` (decoding
+    processes; 0: decode in this process).
+    """
+    order_seed, augment_seed = (int(s) for s in np.random.SeedSequence((seed, phase, epoch)).generate_state(2))
+    dataset = (grain.MapDataset.source(self.train_source).shuffle(seed=order_seed)
+               .random_map(_imagenet_train_example, seed=augment_seed).batch(batch_size, drop_remainder=True))
+    for batch in _iterate(dataset, workers):
+      yield batch['image'], batch['label']
+
+  def test_batches(self, batch_size: int, *,
+                   workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The test split in order as (images uint8, labels int32, valid float32) batches of `batch_size`.
+
+    Each image is resized to 256 px on its shorter side and centre-cropped to 224 px. The last batch is padded
+    with zero rows whose `valid` is 0.
+    """
+    dataset = grain.MapDataset.source(self.test_source).map(_imagenet_test_example).batch(batch_size)
+    for batch in _iterate(dataset, workers):
+      images, labels = batch['image'], batch['label']
+      padding = batch_size - labels.shape[0]
+      yield (np.pad(images, ((0, padding), (0, 0), (0, 0), (0, 0))), np.pad(labels, (0, padding)),
+             (np.arange(batch_size) < labels.shape[0]).astype(np.float32))
+
+
+def load(name: str, data_dir: str | os.PathLike | None = None,
+         download: bool = False) -> Dataset | StreamedDataset:
+  """Loads a dataset of `DATASETS`: 'imagenet2012' as a `StreamedDataset`, the others as a `Dataset`.
+
+  `data_dir` is the TFDS data directory (default: as TFDS resolves it); for 'tiny_imagenet', the folder holding
+  tiny-imagenet-200/, or that folder itself (default: $TINY_IMAGENET_DIR, else TFDS's data directory).
+  """
   if name not in DATASETS:
     raise UserError(f'Unknown dataset {name!r}; choose one of: {", ".join(DATASETS)}.')
+  if name == 'imagenet2012':
+    return _load_imagenet(os.fspath(data_dir) if data_dir else _default_tfds_data_dir())
   if name == 'digits':
     train, test = _load_digits()
+  elif name == 'tiny_imagenet':
+    train, test = _load_tiny_imagenet(_tiny_imagenet_root(data_dir), download)
   else:
     data_dir = os.fspath(data_dir) if data_dir else _default_tfds_data_dir()
     if _is_prepared(name, data_dir):
@@ -59,6 +152,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = 
     else:
       raise UserError(_missing_message(name, data_dir))
   (train_images, train_labels), (test_images, test_labels) = train, test
+  mean, std = _channel_statistics(train_images)
   return Dataset(
       name=name,
       train_images=train_images,
@@ -66,8 +160,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = 
       test_images=test_images,
       test_labels=test_labels,
       num_classes=_NUM_CLASSES[name],
-      mean=train_images.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32),
-      std=train_images.std(axis=(0, 1, 2), dtype=np.float64).astype(np.float32),
+      mean=mean,
+      std=std,
       augmentation=_AUGMENTATION[name])
 
 
@@ -80,12 +174,16 @@ def augment(key, images, kind: str) -> jax.Array:
   """Augments a batch (N, H, W, C) with its own randomness per example; `kind` is one of `AUGMENTATIONS`.
 
   'crop_flip': a random H x W crop of the image zero-padded by 4 pixels, then a horizontal flip with probability 1/2.
+  'resized_crop_flip': a random box of 1/2 to all of the image's area and aspect ratio 3/4 to 4/3 (torchvision's
+  RandomResizedCrop draw), resized bilinearly to H x W, then the flip; it returns float32.
   Jit-friendly with `kind` static.
   """
   if kind == 'none':
     return jnp.asarray(images)
   if kind == 'crop_flip':
     return jax.vmap(_crop_flip)(jax.random.split(key, images.shape[0]), images)
+  if kind == 'resized_crop_flip':
+    return jax.vmap(_resized_crop_flip)(jax.random.split(key, images.shape[0]), images)
   raise UserError(f'Unknown augmentation {kind!r}; choose one of: {", ".join(AUGMENTATIONS)}.')
 
 
@@ -97,6 +195,77 @@ def _crop_flip(key, image) -> jax.Array:
   top, left = jax.random.randint(crop_key, (2,), 0, 2 * _CROP_PADDING + 1)
   crop = jax.lax.dynamic_slice(padded, (top, left, 0), (height, width, channels))
   return jnp.where(jax.random.bernoulli(flip_key), crop[:, ::-1], crop)
+
+
+def _resized_crop_flip(key, image) -> jax.Array:
+  """One example of 'resized_crop_flip'."""
+  box_key, flip_key = jax.random.split(key)
+  height, width, _ = image.shape
+  top, left, crop_height, crop_width = _crop_box(box_key, height, width)
+  scale = jnp.stack([height / crop_height, width / crop_width])
+  crop = jax.image.scale_and_translate(jnp.asarray(image, jnp.float32), image.shape, (0, 1), scale,
+                                       -jnp.stack([top, left]) * scale, 'linear')
+  return jnp.where(jax.random.bernoulli(flip_key), crop[:, ::-1], crop)
+
+
+def _crop_box(key, height: int, width: int):
+  """(top, left, height, width) as float32 scalars: `_random_box` with `_TINY_IMAGENET_CROP_SCALE`, vectorised."""
+  area_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
+  area = height * width * jax.random.uniform(area_key, (_CROP_TRIES,), minval=_TINY_IMAGENET_CROP_SCALE[0],
+                                             maxval=_TINY_IMAGENET_CROP_SCALE[1])
+  ratio = jnp.exp(jax.random.uniform(ratio_key, (_CROP_TRIES,), minval=math.log(_CROP_RATIO[0]),
+                                     maxval=math.log(_CROP_RATIO[1])))
+  box_width, box_height = jnp.round(jnp.sqrt(area * ratio)), jnp.round(jnp.sqrt(area / ratio))
+  fits = (box_width > 0) & (box_width <= width) & (box_height > 0) & (box_height <= height)
+  first = jnp.argmax(fits)
+  found = fits[first]
+  central_height, central_width = _central_box(height, width)
+  box_height = jnp.where(found, box_height[first], central_height)
+  box_width = jnp.where(found, box_width[first], central_width)
+  top = jnp.where(found, jnp.floor(jax.random.uniform(top_key) * (height - box_height + 1)),
+                  (height - box_height) // 2)
+  left = jnp.where(found, jnp.floor(jax.random.uniform(left_key) * (width - box_width + 1)),
+                   (width - box_width) // 2)
+  return top, left, box_height, box_width
+
+
+def _random_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float]):
+  """(top, left, height, width) of a random crop, drawn as torchvision's RandomResizedCrop draws it.
+
+  Up to 10 tries of an area fraction in `scale` and a log-uniform aspect ratio in (3/4, 4/3); the first box that
+  fits is placed uniformly; if none fits, the central `_central_box`.
+  """
+  for _ in range(_CROP_TRIES):
+    area = height * width * rng.uniform(*scale)
+    ratio = math.exp(rng.uniform(math.log(_CROP_RATIO[0]), math.log(_CROP_RATIO[1])))
+    box_width, box_height = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
+    if 0 < box_width <= width and 0 < box_height <= height:
+      return (int(rng.integers(0, height - box_height + 1)), int(rng.integers(0, width - box_width + 1)),
+              box_height, box_width)
+  box_height, box_width = _central_box(height, width)
+  return (height - box_height) // 2, (width - box_width) // 2, box_height, box_width
+
+
+def _central_box(height: int, width: int) -> tuple[int, int]:
+  """torchvision's fallback crop size: the whole image, its aspect ratio clamped to (3/4, 4/3)."""
+  if width / height < _CROP_RATIO[0]:
+    return round(width / _CROP_RATIO[0]), width
+  if width / height > _CROP_RATIO[1]:
+    return height, round(height * _CROP_RATIO[1])
+  return height, width
+
+
+def _channel_statistics(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and standard deviation (float32), accumulated in float64 a chunk of images at a time."""
+  channels = images.shape[-1]
+  total, squares = np.zeros(channels), np.zeros(channels)
+  for start in range(0, images.shape[0], chunk):
+    pixels = images[start:start + chunk].reshape(-1, channels).astype(np.float64)
+    total += pixels.sum(axis=0)
+    squares += np.einsum('ij,ij->j', pixels, pixels)
+  count = images.size // channels
+  mean = total / count
+  return mean.astype(np.float32), np.sqrt(np.maximum(squares / count - mean**2, 0)).astype(np.float32)
 
 
 def _load_digits():
@@ -118,9 +287,14 @@ def _version_dir(name: str, data_dir: str) -> pathlib.Path:
   return pathlib.Path(data_dir) / name / str(tfds.builder_cls(name).VERSION)
 
 
+def _splits(name: str) -> tuple[str, str]:
+  """The TFDS splits trained and evaluated on."""
+  return 'train', _TEST_SPLIT.get(name, 'test')
+
+
 def _is_prepared(name: str, data_dir: str) -> bool:
   """Whether `data_dir` holds `name` in the array_record format; checked by hand, so TFDS never goes to the network."""
-  return any(_version_dir(name, data_dir).glob(f'{name}-train.array_record*'))
+  return all(any(_version_dir(name, data_dir).glob(f'{name}-{split}.array_record*')) for split in _splits(name))
 
 
 def _missing_message(name: str, data_dir: str) -> str:
@@ -136,7 +310,7 @@ def _missing_message(name: str, data_dir: str) -> str:
 def _load_tfds(name: str, data_dir: str, download: bool):
   """The train and test splits through `tfds.data_source`, as (images, labels) numpy pairs."""
   sources = tfds.data_source(
-      name, split=('train', 'test'), data_dir=data_dir, download=download,
+      name, split=_splits(name), data_dir=data_dir, download=download,
       builder_kwargs={'file_format': 'array_record'})
   return tuple(_to_arrays(source) for source in sources)
 
@@ -166,3 +340,136 @@ def _read_idx(path: pathlib.Path) -> np.ndarray:
   ndim = data[3]
   shape = np.frombuffer(data, '>u4', count=ndim, offset=4)
   return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
+
+
+def _tiny_imagenet_root(data_dir: str | os.PathLike | None) -> pathlib.Path:
+  """Where tiny-imagenet-200/ should be: in `data_dir` (default: $TINY_IMAGENET_DIR, else TFDS's), or `data_dir`."""
+  directory = pathlib.Path(data_dir or os.environ.get('TINY_IMAGENET_DIR') or _default_tfds_data_dir())
+  return directory if (directory / 'wnids.txt').is_file() else directory / _TINY_IMAGENET_FOLDER
+
+
+def _load_tiny_imagenet(root: pathlib.Path, download: bool):
+  """Train and val splits (uint8 (N, 64, 64, 3), int32 labels): the cache in `root`, else the decoded JPEGs."""
+  cache = root / _TINY_IMAGENET_CACHE
+  if cache.is_file():
+    with np.load(cache) as arrays:
+      return ((arrays['train_images'], arrays['train_labels']), (arrays['test_images'], arrays['test_labels']))
+  if not (root / 'wnids.txt').is_file():
+    if not download:
+      raise UserError(
+          f'Tiny-ImageNet is not in {root} (no wnids.txt there): download {_TINY_IMAGENET_URL} and unzip it in '
+          f'{root.parent}, or pass --config.download=True; --config.data_dir or $TINY_IMAGENET_DIR name the folder '
+          f'that holds {_TINY_IMAGENET_FOLDER}/.')
+    _download_tiny_imagenet(root.parent)
+  print(f'decoding Tiny-ImageNet in {root} (first load only: cached in {cache})', flush=True)
+  train, test = _decode_tiny_imagenet(root)
+  temporary = cache.with_name(cache.name + '.tmp')
+  try:
+    with open(temporary, 'wb') as f:
+      np.savez(f, train_images=train[0], train_labels=train[1], test_images=test[0], test_labels=test[1])
+    os.replace(temporary, cache)
+  except OSError as e:
+    print(f'could not cache the decoded Tiny-ImageNet in {cache} ({e}); the next load decodes it again', flush=True)
+  return train, test
+
+
+def _download_tiny_imagenet(directory: pathlib.Path) -> None:
+  """Downloads the official zip and unzips it in `directory`."""
+  directory.mkdir(parents=True, exist_ok=True)
+  archive = directory / 'tiny-imagenet-200.zip'
+  print(f'downloading {_TINY_IMAGENET_URL} to {directory}', flush=True)
+  try:
+    urllib.request.urlretrieve(_TINY_IMAGENET_URL, archive)
+  except OSError as e:
+    raise UserError(f'could not download {_TINY_IMAGENET_URL} ({e}); download it by hand and unzip it in '
+                    f'{directory}.') from e
+  with zipfile.ZipFile(archive) as f:
+    f.extractall(directory)
+  archive.unlink()
+
+
+def _decode_tiny_imagenet(root: pathlib.Path):
+  """train/<wnid>/images/*.JPEG and val/images/*.JPEG (labels in val/val_annotations.txt); classes in sorted order."""
+  wnids = sorted((root / 'wnids.txt').read_text().split())
+  label = {wnid: i for i, wnid in enumerate(wnids)}
+  train = [(path, label[wnid]) for wnid in wnids for path in sorted((root / 'train' / wnid / 'images').glob('*.JPEG'))]
+  rows = [line.split('\t') for line in (root / 'val' / 'val_annotations.txt').read_text().splitlines() if line]
+  test = sorted((root / 'val' / 'images' / row[0], label[row[1]]) for row in rows)
+  if {example_label for _, example_label in train} != set(range(len(wnids))) or not test:
+    raise UserError(f'{root} is incomplete: some class of wnids.txt has no training image, or val/ has none; unzip '
+                    f'{_TINY_IMAGENET_URL} there again.')
+  return _read_images(train), _read_images(test)
+
+
+def _read_images(examples: list) -> tuple[np.ndarray, np.ndarray]:
+  """(path, label) pairs as stacked RGB uint8 images and int32 labels."""
+  first = _read_rgb(examples[0][0])
+  images = np.empty((len(examples), *first.shape), np.uint8)
+  for i, (path, _) in enumerate(examples):
+    images[i] = _read_rgb(path)
+  return images, np.array([example_label for _, example_label in examples], np.int32)
+
+
+def _read_rgb(path: pathlib.Path) -> np.ndarray:
+  with Image.open(path) as image:
+    return np.asarray(image.convert('RGB'))
+
+
+def _load_imagenet(data_dir: str) -> StreamedDataset:
+  """ImageNet's train and validation splits as TFDS data sources of undecoded JPEGs."""
+  if not _is_prepared('imagenet2012', data_dir):
+    raise UserError(
+        f'Dataset \'imagenet2012\' is not prepared in {data_dir} (no array_record files in '
+        f'{_version_dir("imagenet2012", data_dir)}) and cannot be downloaded automatically: register at '
+        f'https://image-net.org/download-images, download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into '
+        f'a folder MANUAL_DIR, then run `pip install tensorflow tensorflow-datasets && tfds build imagenet2012 '
+        f'--data_dir={data_dir} --manual_dir=MANUAL_DIR --file_format=array_record`.')
+  train, test = tfds.data_source(
+      'imagenet2012', split=_splits('imagenet2012'), data_dir=data_dir, download=False,
+      builder_kwargs={'file_format': 'array_record'}, decoders={'image': tfds.decode.SkipDecoding()})
+  return StreamedDataset(name='imagenet2012', train_source=train, test_source=test,
+                         num_classes=_NUM_CLASSES['imagenet2012'], mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+                         image_shape=(_IMAGENET_SIZE, _IMAGENET_SIZE, 3))
+
+
+def _imagenet_train_example(example: dict, rng: np.random.Generator) -> dict:
+  """Decodes; a random resized crop of scale (0.08, 1) to 224 px (bilinear), a horizontal flip with probability 1/2."""
+  image = _decode_jpeg(example['image'])
+  top, left, height, width = _random_box(rng, image.height, image.width, _IMAGENET_CROP_SCALE)
+  image = image.resize((_IMAGENET_SIZE, _IMAGENET_SIZE), Image.Resampling.BILINEAR,
+                       box=(left, top, left + width, top + height))
+  if rng.random() < 0.5:
+    image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  return {'image': np.asarray(image), 'label': np.int32(example['label'])}
+
+
+def _imagenet_test_example(example: dict) -> dict:
+  """Decodes; the shorter side resized to 256 px (bilinear), then the central 224 x 224 crop (as torchvision)."""
+  image = _decode_jpeg(example['image'])
+  short, long = sorted((image.width, image.height))
+  resized_long = int(_IMAGENET_RESIZE * long / short)
+  size = (_IMAGENET_RESIZE, resized_long) if image.width == short else (resized_long, _IMAGENET_RESIZE)
+  image = image.resize(size, Image.Resampling.BILINEAR)
+  top = int(round((image.height - _IMAGENET_SIZE) / 2))
+  left = int(round((image.width - _IMAGENET_SIZE) / 2))
+  image = image.crop((left, top, left + _IMAGENET_SIZE, top + _IMAGENET_SIZE))
+  return {'image': np.asarray(image), 'label': np.int32(example['label'])}
+
+
+def _decode_jpeg(data: bytes) -> Image.Image:
+  return Image.open(io.BytesIO(data)).convert('RGB')
+
+
+def _iterate(dataset: grain.MapDataset, workers: int) -> Iterator[dict]:
+  """The elements of `dataset` in order, computed in `workers` processes (0: here), as plain numpy arrays."""
+  dataset = dataset.to_iter_dataset()
+  if workers:
+    if not flags.FLAGS.is_parsed():  # grain's workers read an absl flag: outside an absl app, take the defaults
+      flags.FLAGS.mark_as_parsed()
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  iterator = iter(dataset)
+  try:
+    for batch in iterator:
+      yield {key: np.array(value) for key, value in batch.items()}  # copied out of grain's shared memory
+  finally:
+    iterator.close()

@@ -4,6 +4,7 @@
 checkpointed; rerunning the same command continues from the last complete checkpoint with the same results.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -16,10 +17,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from aws_jax import config as config_lib
 from aws_jax import data as data_lib
-from aws_jax import barrier, models, pruning, reporting, train
+from aws_jax import barrier, models, pruning, reporting, sharding, train
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 
@@ -40,6 +42,7 @@ class Setup:
   is_norm: Any
   prunable: Any
   eval_step: Callable
+  mesh: jax.sharding.Mesh
 
   def optimizer(self, schedule: str, epochs: int):
     opt = self.config.optimizer
@@ -47,14 +50,22 @@ class Setup:
     return train.make_optimizer(opt.name, train.schedule(schedule, opt.lr, total_steps), opt.momentum,
                                 opt.weight_decay)
 
+  def state_shardings(self, tx):
+    """Where each array of a training state with optimizer `tx` lives on the mesh."""
+    abstract = jax.eval_shape(lambda: self._unplaced_state(0, tx))
+    return sharding.state_shardings(self.mesh, abstract, self.config.mesh.fsdp > 1)
+
   def jit_train_step(self, tx, aws: bool) -> Callable:
+    """The train step compiled once for the mesh: state in place (donated), the batch split over devices."""
     step = train.make_train_step(self.model, tx, aws=aws, is_norm=self.is_norm,
                                  augmentation=self.dataset.augmentation, mean=self.dataset.mean,
                                  std=self.dataset.std)
-    return jax.jit(step, donate_argnums=0)
+    state_shardings, replicated = self.state_shardings(tx), sharding.replicated(self.mesh)
+    return jax.jit(step, donate_argnums=0,
+                   in_shardings=(state_shardings, replicated, replicated, sharding.batch_sharding(self.mesh)),
+                   out_shardings=(state_shardings, replicated))
 
-  def fresh_state(self, seed: int, tx) -> train.TrainState:
-    """A dense network initialised from `seed`, remembering its initial values."""
+  def _unplaced_state(self, seed: int, tx) -> train.TrainState:
     key = jax.random.PRNGKey(seed)
     init = jax.jit(train.init_variables, static_argnums=(0, 2))
     params, batch_stats = init(self.model, key, self.dataset.train_images.shape[1:])
@@ -62,9 +73,29 @@ class Setup:
     return train.create_state(params, batch_stats, pruning.full_mask(params), init_params, tx,
                               jax.random.fold_in(key, 1))
 
+  def fresh_state(self, seed: int, tx) -> train.TrainState:
+    """A dense network initialised from `seed`, remembering its initial values, placed on the mesh."""
+    return self.place(self._unplaced_state(seed, tx), tx)
+
+  def place(self, state: train.TrainState, tx) -> train.TrainState:
+    """`state` (with optimizer `tx`) moved to where the compiled step expects it."""
+    return sharding.put_state(state, self.state_shardings(tx))
+
+  def abstract_state(self, seed: int, tx):
+    """Shapes, dtypes and shardings of a state: the target a checkpoint is restored into."""
+    abstract = jax.eval_shape(lambda: self._unplaced_state(seed, tx))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                        self.state_shardings(tx))
+
+  def put_batch(self, array) -> jax.Array:
+    """One batch's host array (indices, weights), split over the devices."""
+    return sharding.put(array, sharding.batch_sharding(self.mesh))
+
   def evaluate(self, state: train.TrainState) -> dict:
+    devices = self.mesh.size
+    batch_size = -(-min(self.config.eval_batch_size, self.test_labels.shape[0]) // devices) * devices
     return train.evaluate(self.eval_step, state.params, state.batch_stats, self.test_images, self.test_labels,
-                          self.config.eval_batch_size)
+                          batch_size, put_batch=self.put_batch)
 
   def path_data(self) -> barrier.PathData:
     """What error barriers are measured on, as `config.barrier` says."""
@@ -81,12 +112,17 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   if config.batch_size > dataset.train_labels.shape[0]:
     raise UserError(f'--config.batch_size={config.batch_size} exceeds the {dataset.train_labels.shape[0]} '
                     f'training examples of {config.dataset}')
+  mesh = sharding.make_mesh(config.mesh.fsdp)
+  if config.batch_size % mesh.size:
+    raise UserError(f'--config.batch_size={config.batch_size} must be a multiple of the {mesh.size} devices')
+  on_every_device = functools.partial(sharding.put, sharding=sharding.replicated(mesh))
   eval_step = train.make_eval_step(model, dataset.mean, dataset.std)
   return Setup(config=config, model=model, dataset=dataset,
-               train_images=jnp.asarray(dataset.train_images), train_labels=jnp.asarray(dataset.train_labels),
-               test_images=jnp.asarray(dataset.test_images), test_labels=jnp.asarray(dataset.test_labels),
+               train_images=on_every_device(dataset.train_images),
+               train_labels=on_every_device(dataset.train_labels),
+               test_images=on_every_device(dataset.test_images), test_labels=on_every_device(dataset.test_labels),
                is_norm=pruning.norm_leaves(params), prunable=pruning.prunable_leaves(params, config.prune.exclude),
-               eval_step=jax.jit(eval_step))
+               eval_step=jax.jit(eval_step, out_shardings=sharding.replicated(mesh)), mesh=mesh)
 
 
 def train_epochs(setup: Setup, step_fn: Callable, state: train.TrainState, *, seed: int, phase: int,
@@ -99,9 +135,9 @@ def train_epochs(setup: Setup, step_fn: Callable, state: train.TrainState, *, se
     order = train.epoch_order(seed, phase, epoch, n, batch_size)
     loss_sum, correct = 0.0, 0
     bar = tqdm.tqdm(order, desc=f'{label} epoch {epoch + 1}/{epochs.stop}', leave=False,
-                    disable=not setup.config.progress, unit='step')
+                    disable=not (setup.config.progress and reporting.is_main_process()), unit='step')
     for indices in bar:
-      state, step_metrics = step_fn(state, setup.train_images, setup.train_labels, indices)
+      state, step_metrics = step_fn(state, setup.train_images, setup.train_labels, setup.put_batch(indices))
       loss_sum += step_metrics['loss']
       correct += step_metrics['correct']
     train_loss = float(loss_sum) / len(order)
@@ -123,18 +159,18 @@ def pruning_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None
   tx = setup.optimizer('constant', config.prune.round_epochs)
   step_fn = setup.jit_train_step(tx, aws=config.method == 'aws')
   checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
-  template = jax.eval_shape(lambda: setup.fresh_state(config.seed, tx))
+  template = setup.abstract_state(config.seed, tx)
   done = checkpoints.latest()
   state = setup.fresh_state(config.seed, tx) if done is None else checkpoints.restore(done, template)
   first = 0 if done is None else done + 1
   path_data = setup.path_data() if config.barrier.psi_reset else None
   if done is not None:
-    print(f'resuming after pruning round {done} from {checkpoints.directory}', flush=True)
+    reporting.say(f'resuming after pruning round {done} from {checkpoints.directory}')
   for round_index in range(first, config.prune.rounds + 1):
     start = time.time()
     if round_index > 0:
       params, mask = prune(state.params, state.mask, setup.prunable, config.prune.fraction)
-      state = state.replace(params=params, mask=mask, opt_state=tx.init(params))
+      state = setup.place(state.replace(params=params, mask=mask, opt_state=tx.init(params)), tx)
     epochs = config.prune.warmup_epochs if round_index == 0 else config.prune.round_epochs
     label = f'round {round_index}'
     state, metrics = train_epochs(setup, step_fn, state, seed=config.seed, phase=round_index,
@@ -148,9 +184,9 @@ def pruning_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None
                **metrics, **psi_reset, 'epochs': epochs, 'wall_s': round(time.time() - start, 2)}
     checkpoints.save(round_index, state, summary)
     barrier_note = f'ψ-reset barrier {psi_reset["psi_reset_barrier"]:5.2f} | ' if psi_reset else ''
-    print(f'round {round_index:2d} | {100 * summary["fraction_left"]:6.2f}% left | train acc '
+    reporting.say(f'round {round_index:2d} | {100 * summary["fraction_left"]:6.2f}% left | train acc '
           f'{100 * metrics["train_accuracy"]:6.2f} | test acc {100 * metrics["test_accuracy"]:6.2f} | '
-          f'{barrier_note}{summary["wall_s"]:.1f}s', flush=True)
+          f'{barrier_note}{summary["wall_s"]:.1f}s')
   checkpoints.close()
 
 
@@ -178,9 +214,10 @@ def start_final(setup: Setup, mode: str, source: train.TrainState, seed: int, tx
     params = pruning.apply_mask(fresh.params, source.mask)
   else:  # retrain: the trained sparse network itself (copied: the step donates its state)
     source = jax.tree.map(jnp.copy, source)
-    return fresh.replace(params=source.params, batch_stats=source.batch_stats, mask=source.mask,
-                         init_params=source.init_params, opt_state=tx.init(source.params))
-  return fresh.replace(params=params, mask=jax.tree.map(jnp.copy, source.mask), opt_state=tx.init(params))
+    return setup.place(fresh.replace(params=source.params, batch_stats=source.batch_stats, mask=source.mask,
+                                     init_params=source.init_params, opt_state=tx.init(source.params)), tx)
+  return setup.place(fresh.replace(params=params, mask=jax.tree.map(jnp.copy, source.mask),
+                                   opt_state=tx.init(params)), tx)
 
 
 def final_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
@@ -192,16 +229,15 @@ def final_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
     raise UserError(f'pruning round {source_round} was never reached in {workdir} (last complete round: '
                     f'{prune_checkpoints.latest()}); run the pruning stage first (--config.stage=prune or all)')
   prune_tx = setup.optimizer('constant', config.prune.round_epochs)
-  source = prune_checkpoints.restore(
-      source_round, jax.eval_shape(lambda: setup.fresh_state(config.seed, prune_tx)))
+  source = prune_checkpoints.restore(source_round, setup.abstract_state(config.seed, prune_tx))
   prune_checkpoints.close()
   tx = setup.optimizer(config.final.schedule, config.final.epochs)
   step_fn = setup.jit_train_step(tx, aws=False)
   for seed in config.final.seeds:
     for mode in config.final.modes:
       summary = final_run(setup, step_fn, tx, source, source_round, mode, seed, workdir, log)
-      print(f'final {mode:8s} from round {source_round} seed {seed} | {100 * summary["fraction_left"]:6.2f}% '
-            f'left | test acc {100 * summary["test_accuracy"]:6.2f} | {summary["wall_s"]:.1f}s', flush=True)
+      reporting.say(f'final {mode:8s} from round {source_round} seed {seed} | {100 * summary["fraction_left"]:6.2f}% '
+            f'left | test acc {100 * summary["test_accuracy"]:6.2f} | {summary["wall_s"]:.1f}s')
 
 
 def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState, source_round: int, mode: str,
@@ -216,7 +252,7 @@ def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState, sou
     if done == 0:
       state = start_final(setup, mode, source, seed, tx)
     else:
-      state = checkpoints.restore(done, jax.eval_shape(lambda: setup.fresh_state(seed, tx)))
+      state = checkpoints.restore(done, setup.abstract_state(seed, tx))
 
     def save(epoch, state, metrics):
       if epoch % config.checkpoint_every_epochs == 0 or epoch == config.final.epochs:
@@ -264,7 +300,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
       raise UserError(f'{workdir} holds a run with {key}={previous.get(key)!r} (this config: '
                       f'{fingerprint.get(key)!r}); rerun with --config.overwrite=True to replace it, '
                       f'or choose another --workdir')
-    if changed:
+    if changed and reporting.is_main_process():
       for name in WORKDIR_FILES:
         target = os.path.join(workdir, name)
         if os.path.isdir(target):
@@ -272,6 +308,8 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
         elif os.path.exists(target):
           os.remove(target)
   reporting.write_json(path, fingerprint)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('aws_jax workdir prepared')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -290,5 +328,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.close()
   results = collect_results(workdir, config.final.epochs)
   reporting.write_json(os.path.join(workdir, 'results.json'), results)
-  print(reporting.format_table(results), flush=True)
+  reporting.say(reporting.format_table(results))
   return results

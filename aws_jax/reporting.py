@@ -2,7 +2,19 @@
 import json
 import os
 
+import jax
 import tensorboardX
+
+
+def is_main_process() -> bool:
+  """On several hosts, only process 0 writes files meant for people and prints."""
+  return jax.process_index() == 0
+
+
+def say(message: str) -> None:
+  """Prints a progress line (process 0 only)."""
+  if is_main_process():
+    print(message, flush=True)
 
 
 class MetricsLog:
@@ -10,9 +22,11 @@ class MetricsLog:
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard')) if is_main_process() else None
 
   def write(self, record: dict, global_epoch: int) -> None:
+    if not self._tensorboard:
+      return
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     for key, value in record.items():
@@ -21,11 +35,14 @@ class MetricsLog:
     self._tensorboard.flush()
 
   def close(self) -> None:
-    self._tensorboard.close()
+    if self._tensorboard:
+      self._tensorboard.close()
 
 
 def write_json(path: str, obj) -> None:
-  """Writes JSON atomically (a kill leaves the old file or the new one, never half of one)."""
+  """Writes JSON atomically (a kill leaves the old file or the new one, never half of one); process 0 only."""
+  if not is_main_process():
+    return
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2)

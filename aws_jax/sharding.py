@@ -8,7 +8,7 @@ in-memory dataset and feeds the slice of each global batch that its devices own.
 """
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from aws_jax.errors import UserError
 
@@ -16,11 +16,11 @@ DATA, FSDP = 'data', 'fsdp'
 
 
 def make_mesh(fsdp: int = 1) -> Mesh:
-  """All devices of all hosts as a (data, fsdp) mesh."""
+  """All devices of all hosts as a (data, fsdp) mesh; XLA decides the sharding of intermediates (Auto axes)."""
   count = jax.device_count()
   if fsdp < 1 or count % fsdp:
     raise UserError(f'--config.mesh.fsdp={fsdp} must divide the {count} devices')
-  return jax.make_mesh((count // fsdp, fsdp), (DATA, FSDP))
+  return jax.make_mesh((count // fsdp, fsdp), (DATA, FSDP), axis_types=(AxisType.Auto,) * 2)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

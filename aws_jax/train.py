@@ -118,11 +118,12 @@ def eval_batches(n: int, batch_size: int):
     yield np.where(valid, indices, 0).astype(np.int32), valid.astype(np.float32)
 
 
-def evaluate(eval_step: Callable, params, batch_stats, images, labels, batch_size: int) -> dict:
-  """Mean loss and accuracy over a whole (device-resident) split."""
+def evaluate(eval_step: Callable, params, batch_stats, images, labels, batch_size: int,
+             put_batch: Callable = lambda x: x) -> dict:
+  """Mean loss and accuracy over a whole (device-resident) split; `put_batch` places each batch's indices."""
   n = labels.shape[0]
-  totals = [eval_step(params, batch_stats, images, labels, idx, valid)
-            for idx, valid in eval_batches(n, min(batch_size, n))]
+  totals = [eval_step(params, batch_stats, images, labels, put_batch(idx), put_batch(valid))
+            for idx, valid in eval_batches(n, batch_size)]
   loss, correct = np.sum(np.asarray(jax.device_get(totals)), axis=0)
   return {'loss': float(loss / n), 'accuracy': float(correct / n)}
 

@@ -104,14 +104,73 @@ def test_augment_crop_flip_is_a_padded_crop_maybe_flipped_with_per_example_rando
   assert len({top for top, _, _ in transforms}) > 3 and len({left for _, left, _ in transforms}) > 3
 
 
-def test_augment_is_deterministic_per_key_and_jits():
+@pytest.mark.parametrize('kind', ['crop_flip', 'resized_crop_flip'])
+def test_augment_is_deterministic_per_key_and_jits(kind):
   images = _tiny_batch(16)
   key = jax.random.key(7)
-  eager = np.asarray(data.augment(key, images, 'crop_flip'))
-  np.testing.assert_array_equal(np.asarray(data.augment(key, images, 'crop_flip')), eager)
+  eager = np.asarray(data.augment(key, images, kind))
+  np.testing.assert_array_equal(np.asarray(data.augment(key, images, kind)), eager)
   jitted = jax.jit(data.augment, static_argnames='kind')
-  np.testing.assert_array_equal(np.asarray(jitted(key, jnp.asarray(images), kind='crop_flip')), eager)
-  assert not np.array_equal(np.asarray(jitted(jax.random.key(8), images, kind='crop_flip')), eager)
+  np.testing.assert_allclose(np.asarray(jitted(key, jnp.asarray(images), kind=kind)), eager, atol=1e-4)
+  assert not np.allclose(np.asarray(jitted(jax.random.key(8), images, kind=kind)), eager)
+
+
+def _ramp_image(size: int) -> np.ndarray:
+  """A (size, size, 3) uint8 image whose channel 0 is 4 x row, channel 1 is 4 x column (bilinear keeps ramps)."""
+  rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing='ij')
+  return (4 * np.stack([rows, cols, np.zeros_like(rows)], axis=-1)).astype(np.uint8)
+
+
+def _fit_ramp(values: np.ndarray) -> tuple[float, float]:
+  """(start, length) in input pixels of the crop whose resized ramp `values` (outputs 1..size-2) are."""
+  size = values.shape[0]
+  outputs = np.arange(1, size - 1)
+  slope, intercept = np.polyfit(outputs, values[1:-1] / 4, 1)  # input = start + (output + 1/2) length / size - 1/2
+  length = slope * size
+  return intercept - 0.5 * slope + 0.5, length
+
+
+def test_augment_resized_crop_flip_is_a_torchvision_box_resized_bilinearly_maybe_flipped():
+  size = 64
+  images = np.repeat(_ramp_image(size)[None], 64, axis=0)
+  out = np.asarray(data.augment(jax.random.key(0), images, 'resized_crop_flip'))
+  assert out.shape == images.shape and out.dtype == np.float32
+  boxes = []
+  for augmented in out:
+    flipped = augmented[size // 2, 1, 1] > augmented[size // 2, -2, 1]
+    augmented = augmented[:, ::-1] if flipped else augmented
+    top, height = _fit_ramp(augmented[:, size // 2, 0])
+    left, width = _fit_ramp(augmented[size // 2, :, 1])
+    box = np.array([top, left, height, width])
+    np.testing.assert_allclose(box, np.round(box), atol=1e-3)  # an integer box, as torchvision draws it
+    top, left, height, width = np.round(box).astype(int)
+    assert 0 <= top and top + height <= size and 0 <= left and left + width <= size
+    assert 0.48 <= height * width / size**2 <= 1 and 0.72 <= width / height <= 1.39
+    expected = 4 * (np.array([top, left])[:, None] + (np.arange(size) + 0.5) * np.array([height, width])[:, None]
+                    / size - 0.5)
+    np.testing.assert_allclose(augmented[1:-1, 1:-1, 0], expected[0, 1:-1, None].repeat(size - 2, 1), atol=1e-2)
+    np.testing.assert_allclose(augmented[1:-1, 1:-1, 1], expected[1, None, 1:-1].repeat(size - 2, 0), atol=1e-2)
+    boxes.append((top, left, height, width, flipped))
+  assert len(set(boxes)) > 40 and {box[-1] for box in boxes} == {False, True}
+  assert len({box[2] for box in boxes}) > 5 and len({box[3] for box in boxes}) > 5
+
+
+def test_crop_boxes_fall_back_to_the_central_box_as_torchvision():
+  top, left, height, width = (float(v) for v in data._crop_box(jax.random.key(0), 10, 1000))
+  assert (top, left, height, width) == (0, 493, 10, 13)  # no box of 1/2 the area fits: the whole height, ratio 4/3
+  assert data._random_box(np.random.default_rng(0), 10, 1000, (0.08, 1.0)) == (0, 493, 10, 13)
+  assert data._random_box(np.random.default_rng(0), 1000, 10, (0.08, 1.0)) == (493, 0, 13, 10)
+
+
+def test_random_box_draws_like_torchvision():
+  rng = np.random.default_rng(0)
+  boxes = np.array([data._random_box(rng, 300, 400, (0.08, 1.0)) for _ in range(500)])
+  top, left, height, width = boxes.T
+  assert (top >= 0).all() and (top + height <= 300).all() and (left >= 0).all() and (left + width <= 400).all()
+  area = height * width / (300 * 400)
+  assert area.min() < 0.12 and area.max() > 0.9 and ((0.075 < area) & (area < 1.01)).all()
+  assert ((0.74 < width / height) & (width / height < 1.35)).all()
+  assert len(set(map(tuple, boxes))) == 500
 
 
 def test_augment_rejects_unknown_kind():
@@ -149,36 +208,41 @@ def test_missing_fashion_mnist_mentions_debian_package(tmp_path, monkeypatch):
   assert str(tmp_path) in str(error.value) and '\n' not in str(error.value)
 
 
-def _example(image: np.ndarray, label: int, index: int) -> bytes:
-  """A serialized tf.train.Example as TFDS writes it for CIFAR: PNG image, int64 label, id."""
-  png = io.BytesIO()
-  Image.fromarray(image).save(png, format='PNG')
-  feature = {
-      'id': tf_feature_pb2.Feature(bytes_list=tf_feature_pb2.BytesList(value=[b'train_%05d' % index])),
-      'image': tf_feature_pb2.Feature(bytes_list=tf_feature_pb2.BytesList(value=[png.getvalue()])),
-      'label': tf_feature_pb2.Feature(int64_list=tf_feature_pb2.Int64List(value=[label])),
-  }
-  return tf_example_pb2.Example(features=tf_feature_pb2.Features(feature=feature)).SerializeToString()
+def _encode(image: np.ndarray, image_format: str) -> bytes:
+  encoded = io.BytesIO()
+  Image.fromarray(image).save(encoded, format=image_format)
+  return encoded.getvalue()
 
 
-def _prepare_fake_cifar10(data_dir, splits: dict) -> None:
-  """Writes a prepared array_record cifar10 (metadata and shards, as TFDS lays them out) holding `splits`.
+def _example(**features) -> bytes:
+  """A serialized tf.train.Example as TFDS writes it: bytes features as bytes lists, ints as int64 lists."""
+  def feature(value):
+    if isinstance(value, bytes):
+      return tf_feature_pb2.Feature(bytes_list=tf_feature_pb2.BytesList(value=[value]))
+    return tf_feature_pb2.Feature(int64_list=tf_feature_pb2.Int64List(value=[int(value)]))
+
+  return tf_example_pb2.Example(features=tf_feature_pb2.Features(
+      feature={key: feature(value) for key, value in features.items()})).SerializeToString()
+
+
+def _prepare_fake_tfds(name: str, data_dir, splits: dict) -> None:
+  """Writes a prepared array_record `name` (metadata and shards, as TFDS lays them out) of `splits`' examples.
 
   `tfds.testing.mock_data` cannot stand in: its data source's `__getitems__` is broken in tfds 4.9.10.
   """
-  builder = tfds.builder('cifar10', data_dir=data_dir, file_format='array_record')
+  builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
   builder.data_path.mkdir(parents=True)
   split_infos = []
-  for split, (images, labels) in splits.items():
+  for split, examples in splits.items():
     template = tfds.core.ShardedFileTemplate(
-        data_dir=builder.data_path, dataset_name='cifar10', split=split, filetype_suffix='array_record')
+        data_dir=builder.data_path, dataset_name=name, split=split, filetype_suffix='array_record')
     writer = array_record_module.ArrayRecordWriter(
         str(template.sharded_filepath(shard_index=0, num_shards=1)), 'group_size:1')
-    for index, (image, label) in enumerate(zip(images, labels)):
-      writer.write(_example(image, int(label), index))
+    for example in examples:
+      writer.write(example)
     writer.close()
     split_infos.append(tfds.core.SplitInfo(
-        name=split, shard_lengths=[len(labels)], num_bytes=0, filename_template=template))
+        name=split, shard_lengths=[len(examples)], num_bytes=0, filename_template=template))
   builder.info.set_splits(tfds.core.SplitDict(split_infos))
   builder.info.set_file_format('array_record')
   builder.info.write_to_directory(builder.data_path)
@@ -188,7 +252,10 @@ def test_cifar10_from_prepared_tfds_data(tmp_path):
   rng = np.random.default_rng(0)
   splits = {split: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n) % 10)
             for split, n in (('train', 12), ('test', 5))}
-  _prepare_fake_cifar10(tmp_path, splits)
+  _prepare_fake_tfds('cifar10', tmp_path, {
+      split: [_example(id=b'%s_%05d' % (split.encode(), i), image=_encode(image, 'PNG'), label=label)
+              for i, (image, label) in enumerate(zip(images, labels))]
+      for split, (images, labels) in splits.items()})
   dataset = data.load('cifar10', data_dir=tmp_path)
   assert dataset.train_images.shape == (12, 32, 32, 3) and dataset.test_images.shape == (5, 32, 32, 3)
   assert dataset.train_images.dtype == np.uint8
