@@ -38,10 +38,12 @@ class Checkpoints:
   def restore(self, step: int, template: TrainState) -> TrainState:
     """The state saved at `step`, shaped and placed like `template` (arrays or ShapeDtypeStructs with shardings).
 
-    Without shardings in `template`, arrays land on the default device; with them, a checkpoint written on any
-    number of devices restores onto this mesh.
+    A checkpoint written on any number of devices or hosts restores onto the template's shardings (the first
+    local device where the template has none).
     """
-    template = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding or default),
+                            jax.tree.map(ocp.utils.to_shape_dtype_struct, template))
     signs = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, jnp.int8, sharding=m.sharding), template.mask)
     abstract = {'state': template, 'signs': signs}
     try:

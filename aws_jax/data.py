@@ -8,6 +8,7 @@ prepared array_record files by grain worker processes that decode and augment it
 at once with a `UserError` that says how to get it: nothing is downloaded unless asked.
 """
 import dataclasses
+import functools
 import gzip
 import io
 import math
@@ -170,13 +171,14 @@ def normalize(images, mean, std) -> jax.Array:
   return (jnp.asarray(images, jnp.float32) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnames='kind')
 def augment(key, images, kind: str) -> jax.Array:
   """Augments a batch (N, H, W, C) with its own randomness per example; `kind` is one of `AUGMENTATIONS`.
 
   'crop_flip': a random H x W crop of the image zero-padded by 4 pixels, then a horizontal flip with probability 1/2.
   'resized_crop_flip': a random box of 1/2 to all of the image's area and aspect ratio 3/4 to 4/3 (torchvision's
   RandomResizedCrop draw), resized bilinearly to H x W, then the flip; it returns float32.
-  Jit-friendly with `kind` static.
+  Jitted, with `kind` static.
   """
   if kind == 'none':
     return jnp.asarray(images)
@@ -199,22 +201,31 @@ def _crop_flip(key, image) -> jax.Array:
 
 def _resized_crop_flip(key, image) -> jax.Array:
   """One example of 'resized_crop_flip'."""
-  box_key, flip_key = jax.random.split(key)
   height, width, _ = image.shape
-  top, left, crop_height, crop_width = _crop_box(box_key, height, width)
-  scale = jnp.stack([height / crop_height, width / crop_width])
-  crop = jax.image.scale_and_translate(jnp.asarray(image, jnp.float32), image.shape, (0, 1), scale,
-                                       -jnp.stack([top, left]) * scale, 'linear')
-  return jnp.where(jax.random.bernoulli(flip_key), crop[:, ::-1], crop)
+  uniforms = jax.random.uniform(key, (2 * _CROP_TRIES + 3,))  # one draw compiles much faster than several
+  top, left, box_height, box_width = _crop_box(uniforms[:-1], height, width)
+  crop = jnp.einsum('oi,ijc,pj->opc', _resize_weights(top, box_height, height),
+                    jnp.asarray(image, jnp.float32), _resize_weights(left, box_width, width),
+                    precision=jax.lax.Precision.HIGHEST)
+  return jnp.where(uniforms[-1] < 0.5, crop[:, ::-1], crop)
 
 
-def _crop_box(key, height: int, width: int):
-  """(top, left, height, width) as float32 scalars: `_random_box` with `_TINY_IMAGENET_CROP_SCALE`, vectorised."""
-  area_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
-  area = height * width * jax.random.uniform(area_key, (_CROP_TRIES,), minval=_TINY_IMAGENET_CROP_SCALE[0],
-                                             maxval=_TINY_IMAGENET_CROP_SCALE[1])
-  ratio = jnp.exp(jax.random.uniform(ratio_key, (_CROP_TRIES,), minval=math.log(_CROP_RATIO[0]),
-                                     maxval=math.log(_CROP_RATIO[1])))
+def _resize_weights(start, length, size: int) -> jax.Array:
+  """(size, size) bilinear weights resampling pixels [start, start + length) of `size` to `size` pixels.
+
+  Sample points stay inside the box, as when PIL resizes a crop (torchvision's RandomResizedCrop on PIL images).
+  """
+  points = start + (jnp.arange(size) + 0.5) * length / size - 0.5
+  points = jnp.clip(points, start, start + length - 1)
+  return jnp.maximum(0, 1 - jnp.abs(points[:, None] - jnp.arange(size)))
+
+
+def _crop_box(uniforms, height: int, width: int):
+  """(top, left, height, width), float32: `_random_box` with `_TINY_IMAGENET_CROP_SCALE` from 22 uniforms, vectorised."""
+  low, high = _TINY_IMAGENET_CROP_SCALE
+  area = height * width * (low + (high - low) * uniforms[:_CROP_TRIES])
+  log_low, log_high = math.log(_CROP_RATIO[0]), math.log(_CROP_RATIO[1])
+  ratio = jnp.exp(log_low + (log_high - log_low) * uniforms[_CROP_TRIES:2 * _CROP_TRIES])
   box_width, box_height = jnp.round(jnp.sqrt(area * ratio)), jnp.round(jnp.sqrt(area / ratio))
   fits = (box_width > 0) & (box_width <= width) & (box_height > 0) & (box_height <= height)
   first = jnp.argmax(fits)
@@ -222,10 +233,8 @@ def _crop_box(key, height: int, width: int):
   central_height, central_width = _central_box(height, width)
   box_height = jnp.where(found, box_height[first], central_height)
   box_width = jnp.where(found, box_width[first], central_width)
-  top = jnp.where(found, jnp.floor(jax.random.uniform(top_key) * (height - box_height + 1)),
-                  (height - box_height) // 2)
-  left = jnp.where(found, jnp.floor(jax.random.uniform(left_key) * (width - box_width + 1)),
-                   (width - box_width) // 2)
+  top = jnp.where(found, jnp.floor(uniforms[-2] * (height - box_height + 1)), (height - box_height) // 2)
+  left = jnp.where(found, jnp.floor(uniforms[-1] * (width - box_width + 1)), (width - box_width) // 2)
   return top, left, box_height, box_width
 
 
@@ -436,8 +445,8 @@ def _imagenet_train_example(example: dict, rng: np.random.Generator) -> dict:
   """Decodes; a random resized crop of scale (0.08, 1) to 224 px (bilinear), a horizontal flip with probability 1/2."""
   image = _decode_jpeg(example['image'])
   top, left, height, width = _random_box(rng, image.height, image.width, _IMAGENET_CROP_SCALE)
-  image = image.resize((_IMAGENET_SIZE, _IMAGENET_SIZE), Image.Resampling.BILINEAR,
-                       box=(left, top, left + width, top + height))
+  image = image.crop((left, top, left + width, top + height)).resize((_IMAGENET_SIZE, _IMAGENET_SIZE),
+                                                                    Image.Resampling.BILINEAR)
   if rng.random() < 0.5:
     image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
   return {'image': np.asarray(image), 'label': np.int32(example['label'])}

@@ -50,7 +50,7 @@ def state_shardings(mesh: Mesh, state, fsdp: bool):
 
 def put(x, sharding: NamedSharding) -> jax.Array:
   """A global array from a value every host holds in full (the dataset, a fresh state, a batch's indices)."""
-  if jax.process_count() == 1:
+  if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
     return jax.device_put(x, sharding)
   x = np.asarray(x)
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

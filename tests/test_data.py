@@ -1,6 +1,8 @@
 """Tests for aws_jax.data: loading (digits, a small prepared TFDS dataset, Fashion-MNIST IDX), normalize, augment."""
 import io
+import shutil
 import time
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -107,12 +109,11 @@ def test_augment_crop_flip_is_a_padded_crop_maybe_flipped_with_per_example_rando
 @pytest.mark.parametrize('kind', ['crop_flip', 'resized_crop_flip'])
 def test_augment_is_deterministic_per_key_and_jits(kind):
   images = _tiny_batch(16)
-  key = jax.random.key(7)
-  eager = np.asarray(data.augment(key, images, kind))
-  np.testing.assert_array_equal(np.asarray(data.augment(key, images, kind)), eager)
-  jitted = jax.jit(data.augment, static_argnames='kind')
-  np.testing.assert_allclose(np.asarray(jitted(key, jnp.asarray(images), kind=kind)), eager, atol=1e-4)
-  assert not np.allclose(np.asarray(jitted(jax.random.key(8), images, kind=kind)), eager)
+  out = np.asarray(data.augment(jax.random.key(7), images, kind))
+  np.testing.assert_array_equal(np.asarray(data.augment(jax.random.key(7), jnp.asarray(images), kind)), out)
+  assert not np.allclose(np.asarray(data.augment(jax.random.key(8), images, kind)), out)
+  in_a_step = jax.jit(lambda key, x: data.augment(key, x, kind))  # as the jitted train step calls it
+  np.testing.assert_allclose(np.asarray(in_a_step(jax.random.key(7), images)), out, atol=1e-4)
 
 
 def _ramp_image(size: int) -> np.ndarray:
@@ -122,12 +123,16 @@ def _ramp_image(size: int) -> np.ndarray:
 
 
 def _fit_ramp(values: np.ndarray) -> tuple[float, float]:
-  """(start, length) in input pixels of the crop whose resized ramp `values` (outputs 1..size-2) are."""
+  """(start, length) in input pixels of the crop whose resized ramp are `values` (4 x the sample points)."""
   size = values.shape[0]
-  outputs = np.arange(1, size - 1)
-  slope, intercept = np.polyfit(outputs, values[1:-1] / 4, 1)  # input = start + (output + 1/2) length / size - 1/2
-  length = slope * size
-  return intercept - 0.5 * slope + 0.5, length
+  outputs = np.arange(1, size - 1)  # the first and last sample points may be clamped to the box
+  slope, intercept = np.polyfit(outputs, values[1:-1] / 4, 1)  # point = start + (output + 1/2) length / size - 1/2
+  return intercept + 0.5 - 0.5 * slope, slope * size
+
+
+def _sample_points(start: int, length: int, size: int) -> np.ndarray:
+  """Where PIL samples a crop [start, start + length) resized bilinearly to `size` pixels."""
+  return np.clip(start + (np.arange(size) + 0.5) * length / size - 0.5, start, start + length - 1)
 
 
 def test_augment_resized_crop_flip_is_a_torchvision_box_resized_bilinearly_maybe_flipped():
@@ -137,7 +142,7 @@ def test_augment_resized_crop_flip_is_a_torchvision_box_resized_bilinearly_maybe
   assert out.shape == images.shape and out.dtype == np.float32
   boxes = []
   for augmented in out:
-    flipped = augmented[size // 2, 1, 1] > augmented[size // 2, -2, 1]
+    flipped = augmented[size // 2, 0, 1] > augmented[size // 2, -1, 1]
     augmented = augmented[:, ::-1] if flipped else augmented
     top, height = _fit_ramp(augmented[:, size // 2, 0])
     left, width = _fit_ramp(augmented[size // 2, :, 1])
@@ -146,17 +151,18 @@ def test_augment_resized_crop_flip_is_a_torchvision_box_resized_bilinearly_maybe
     top, left, height, width = np.round(box).astype(int)
     assert 0 <= top and top + height <= size and 0 <= left and left + width <= size
     assert 0.48 <= height * width / size**2 <= 1 and 0.72 <= width / height <= 1.39
-    expected = 4 * (np.array([top, left])[:, None] + (np.arange(size) + 0.5) * np.array([height, width])[:, None]
-                    / size - 0.5)
-    np.testing.assert_allclose(augmented[1:-1, 1:-1, 0], expected[0, 1:-1, None].repeat(size - 2, 1), atol=1e-2)
-    np.testing.assert_allclose(augmented[1:-1, 1:-1, 1], expected[1, None, 1:-1].repeat(size - 2, 0), atol=1e-2)
+    np.testing.assert_allclose(augmented[..., 0], 4 * _sample_points(top, height, size)[:, None].repeat(size, 1),
+                               atol=1e-3)
+    np.testing.assert_allclose(augmented[..., 1], 4 * _sample_points(left, width, size)[None].repeat(size, 0),
+                               atol=1e-3)
+    np.testing.assert_array_equal(augmented[..., 2], 0)
     boxes.append((top, left, height, width, flipped))
   assert len(set(boxes)) > 40 and {box[-1] for box in boxes} == {False, True}
   assert len({box[2] for box in boxes}) > 5 and len({box[3] for box in boxes}) > 5
 
 
 def test_crop_boxes_fall_back_to_the_central_box_as_torchvision():
-  top, left, height, width = (float(v) for v in data._crop_box(jax.random.key(0), 10, 1000))
+  top, left, height, width = (float(v) for v in jax.jit(data._crop_box, static_argnums=(1, 2))(jnp.zeros(22), 10, 1000))
   assert (top, left, height, width) == (0, 493, 10, 13)  # no box of 1/2 the area fits: the whole height, ratio 4/3
   assert data._random_box(np.random.default_rng(0), 10, 1000, (0.08, 1.0)) == (0, 493, 10, 13)
   assert data._random_box(np.random.default_rng(0), 1000, 10, (0.08, 1.0)) == (493, 0, 13, 10)
@@ -280,3 +286,202 @@ def test_fashion_mnist_from_debian_idx_files(tmp_path):
   np.testing.assert_array_equal(np.bincount(dataset.test_labels), np.full(10, 1000))
   assert dataset.num_classes == 10 and dataset.augmentation == 'none'
   assert 60 < dataset.mean[0] < 90 and 80 < dataset.std[0] < 100  # Known: about 72.9 and 90.0.
+
+
+TINY_WNIDS = ('n02', 'n01', 'n03')  # wnids.txt's order; labels follow the sorted order: n01 0, n02 1, n03 2
+TINY_COLOURS = {'n01': (200, 40, 40), 'n02': (40, 200, 40), 'n03': (40, 40, 200)}
+TINY_VAL = (('val_1.JPEG', 'n01'), ('val_0.JPEG', 'n03'), ('val_3.JPEG', 'n03'), ('val_2.JPEG', 'n02'))
+
+
+def _make_tiny_imagenet(root) -> None:
+  """A tiny-imagenet-200/ tree as the official zip unpacks: 2 solid-colour 64-px JPEGs a class (and a grey one in
+  n03), 4 validation images."""
+  (root / 'val' / 'images').mkdir(parents=True)
+  (root / 'wnids.txt').write_text('\n'.join(TINY_WNIDS) + '\n')
+  for wnid in TINY_WNIDS:
+    (root / 'train' / wnid / 'images').mkdir(parents=True)
+    (root / 'train' / wnid / f'{wnid}_boxes.txt').write_text('')
+    for i in range(2):
+      Image.new('RGB', (64, 64), TINY_COLOURS[wnid]).save(root / 'train' / wnid / 'images' / f'{wnid}_{i}.JPEG')
+  Image.new('L', (64, 64), 128).save(root / 'train' / 'n03' / 'images' / 'n03_2.JPEG')
+  for name, wnid in TINY_VAL:
+    Image.new('RGB', (64, 64), TINY_COLOURS[wnid]).save(root / 'val' / 'images' / name)
+  (root / 'val' / 'val_annotations.txt').write_text(''.join(f'{name}\t{wnid}\t0\t0\t63\t63\n'
+                                                            for name, wnid in TINY_VAL))
+
+
+def _check_tiny_imagenet(dataset) -> None:
+  assert dataset.name == 'tiny_imagenet' and dataset.num_classes == 200
+  assert dataset.augmentation == 'resized_crop_flip'
+  assert dataset.train_images.shape == (7, 64, 64, 3) and dataset.test_images.shape == (4, 64, 64, 3)
+  assert dataset.train_images.dtype == np.uint8 and dataset.train_labels.dtype == np.int32
+  assert dataset.num_train == 7 and dataset.image_shape == (64, 64, 3)
+  np.testing.assert_array_equal(dataset.train_labels, [0, 0, 1, 1, 2, 2, 2])
+  np.testing.assert_array_equal(dataset.test_labels, [2, 0, 1, 2])  # val_0 .. val_3
+  colours = [TINY_COLOURS[wnid] for wnid in sorted(TINY_WNIDS)] + [(128, 128, 128)]
+  expected = np.array([colours[i] for i in (0, 0, 1, 1, 2, 2, 3)])
+  np.testing.assert_allclose(dataset.train_images.mean(axis=(1, 2)), expected, atol=3)
+  np.testing.assert_allclose(dataset.test_images.mean(axis=(1, 2)), expected[[4, 0, 2, 4]], atol=3)
+  pixels = dataset.train_images.reshape(-1, 3).astype(np.float64)
+  np.testing.assert_allclose(dataset.mean, pixels.mean(axis=0), rtol=1e-6)
+  np.testing.assert_allclose(dataset.std, pixels.std(axis=0), rtol=1e-6)
+
+
+def test_tiny_imagenet_from_its_folder_layout_then_from_the_cache(tmp_path):
+  root = tmp_path / 'tiny-imagenet-200'
+  _make_tiny_imagenet(root)
+  dataset = data.load('tiny_imagenet', data_dir=tmp_path)
+  _check_tiny_imagenet(dataset)
+  assert (root / 'aws_jax_arrays.npz').is_file()
+  shutil.rmtree(root / 'train')  # from now on only the cache can provide the images
+  start = time.monotonic()
+  cached = data.load('tiny_imagenet', data_dir=tmp_path)
+  assert time.monotonic() - start < 2
+  _check_tiny_imagenet(cached)
+  np.testing.assert_array_equal(cached.train_images, dataset.train_images)
+  np.testing.assert_array_equal(cached.test_images, dataset.test_images)
+
+
+def test_tiny_imagenet_found_through_its_environment_variable_or_its_own_folder(tmp_path, monkeypatch):
+  _make_tiny_imagenet(tmp_path / 'tiny-imagenet-200')
+  monkeypatch.setenv('TINY_IMAGENET_DIR', str(tmp_path))
+  _check_tiny_imagenet(data.load('tiny_imagenet'))
+  monkeypatch.setenv('TINY_IMAGENET_DIR', str(tmp_path / 'elsewhere'))
+  _check_tiny_imagenet(data.load('tiny_imagenet', data_dir=tmp_path / 'tiny-imagenet-200'))
+
+
+def test_missing_tiny_imagenet_fails_fast_with_one_line(tmp_path):
+  start = time.monotonic()
+  with pytest.raises(UserError) as error:
+    data.load('tiny_imagenet', data_dir=tmp_path)
+  assert time.monotonic() - start < 1
+  message = str(error.value)
+  assert '\n' not in message and str(tmp_path / 'tiny-imagenet-200') in message
+  assert 'http://cs231n.stanford.edu/tiny-imagenet-200.zip' in message and 'download=True' in message
+
+
+def test_incomplete_tiny_imagenet_is_refused_and_not_cached(tmp_path):
+  root = tmp_path / 'tiny-imagenet-200'
+  _make_tiny_imagenet(root)
+  shutil.rmtree(root / 'train' / 'n02')
+  with pytest.raises(UserError, match='incomplete'):
+    data.load('tiny_imagenet', data_dir=tmp_path)
+  assert not (root / 'aws_jax_arrays.npz').exists()
+
+
+def test_tiny_imagenet_downloads_the_official_zip_when_asked(tmp_path, monkeypatch):
+  _make_tiny_imagenet(tmp_path / 'unzipped' / 'tiny-imagenet-200')
+  archive = tmp_path / 'tiny-imagenet-200.zip'
+  with zipfile.ZipFile(archive, 'w') as f:
+    for path in sorted((tmp_path / 'unzipped').rglob('*')):
+      f.write(path, path.relative_to(tmp_path / 'unzipped'))
+  monkeypatch.setattr(data, '_TINY_IMAGENET_URL', archive.as_uri())
+  _check_tiny_imagenet(data.load('tiny_imagenet', data_dir=tmp_path / 'data', download=True))
+  assert sorted(path.name for path in (tmp_path / 'data').iterdir()) == ['tiny-imagenet-200']
+
+
+def _imagenet_image(label: int, height: int, width: int) -> np.ndarray:
+  """A solid image whose colour encodes `label`, so it survives any crop, resize and flip."""
+  return np.broadcast_to(np.array([20 * label, 250 - 20 * label, 100], np.uint8), (height, width, 3)).copy()
+
+
+@pytest.fixture(scope='module')
+def fake_imagenet(tmp_path_factory):
+  """A prepared array_record imagenet2012 of 11 solid training JPEGs (label i: colour i) of assorted sizes and
+  5 noisy validation JPEGs (label 100 + i); returns (data_dir, the validation JPEGs)."""
+  data_dir = tmp_path_factory.mktemp('tfds')
+  rng = np.random.default_rng(0)
+  train = [_encode(_imagenet_image(i, 180 + 17 * i, 320 - 13 * i), 'JPEG') for i in range(11)]
+  shapes = ((300, 240), (240, 300), (256, 256), (333, 500), (231, 224))
+  validation = [_encode(rng.integers(0, 256, shape + (3,), dtype=np.uint8), 'JPEG') for shape in shapes]
+  _prepare_fake_tfds('imagenet2012', data_dir, {
+      'train': [_example(file_name=b'n%08d_%d.JPEG' % (i, i), image=image, label=i) for i, image in enumerate(train)],
+      'validation': [_example(file_name=b'ILSVRC2012_val_%08d.JPEG' % i, image=image, label=100 + i)
+                     for i, image in enumerate(validation)]})
+  return data_dir, validation
+
+
+def _epoch(dataset, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+  batches = list(dataset.train_batches(4, **kwargs))
+  return np.stack([images for images, _ in batches]), np.stack([labels for _, labels in batches])
+
+
+def test_imagenet_streams_from_prepared_tfds_data(fake_imagenet):
+  start = time.monotonic()
+  dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
+  assert time.monotonic() - start < 2
+  assert isinstance(dataset, data.StreamedDataset) and dataset.name == 'imagenet2012'
+  assert dataset.num_classes == 1000 and dataset.augmentation == 'none' and dataset.image_shape == (224, 224, 3)
+  assert dataset.num_train == 11 and dataset.num_test == 5
+  np.testing.assert_allclose(dataset.mean, [123.675, 116.28, 103.53], rtol=1e-6)
+  np.testing.assert_allclose(dataset.std, [58.395, 57.12, 57.375], rtol=1e-6)
+
+
+def test_imagenet_train_batches_are_a_seeded_permutation_of_augmented_examples(fake_imagenet):
+  dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
+  images, labels = _epoch(dataset, seed=1, phase=0, epoch=0)
+  assert images.shape == (2, 4, 224, 224, 3) and images.dtype == np.uint8  # 11 examples: 2 batches of 4
+  assert labels.shape == (2, 4) and labels.dtype == np.int32 and len(set(labels.ravel())) == 8
+  expected = np.stack([_imagenet_image(label, 1, 1)[0, 0] for label in labels.ravel()]).reshape(2, 4, 1, 1, 3)
+  np.testing.assert_allclose(images, np.broadcast_to(expected, images.shape), atol=3)  # images follow labels
+  again = _epoch(dataset, seed=1, phase=0, epoch=0)
+  np.testing.assert_array_equal(again[0], images)
+  np.testing.assert_array_equal(again[1], labels)
+  orders = {tuple(_epoch(dataset, seed=seed, phase=phase, epoch=epoch)[1].ravel())
+            for seed, phase, epoch in ((1, 0, 1), (1, 1, 0), (2, 0, 0))}
+  assert len(orders | {tuple(labels.ravel())}) == 4
+
+
+def test_imagenet_train_example_is_torchvisions_random_resized_crop_then_flip():
+  image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+  flips = []
+  for seed in range(8):
+    out = data._imagenet_train_example({'image': _encode(image, 'PNG'), 'label': 7}, np.random.default_rng(seed))
+    assert out['label'] == 7 and out['label'].dtype == np.int32
+    rng = np.random.default_rng(seed)  # replays the draws: the box (scale (0.08, 1)), then the flip
+    top, left, height, width = data._random_box(rng, 300, 400, (0.08, 1.0))
+    expected = np.asarray(Image.fromarray(image).crop((left, top, left + width, top + height))
+                          .resize((224, 224), Image.Resampling.BILINEAR))
+    flips.append(rng.random() < 0.5)
+    np.testing.assert_array_equal(out['image'], expected[:, ::-1] if flips[-1] else expected)
+  assert set(flips) == {False, True}
+
+
+def test_imagenet_batches_do_not_depend_on_the_number_of_workers(fake_imagenet):
+  dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
+  in_process = _epoch(dataset, seed=3, phase=2, epoch=5)
+  start = time.monotonic()
+  in_workers = _epoch(dataset, seed=3, phase=2, epoch=5, workers=2)
+  assert time.monotonic() - start < 15
+  np.testing.assert_array_equal(in_workers[0], in_process[0])
+  np.testing.assert_array_equal(in_workers[1], in_process[1])
+
+
+def test_imagenet_test_batches_resize_256_centre_crop_224_and_pad(fake_imagenet):
+  dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
+  batches = list(dataset.test_batches(2))
+  assert len(batches) == 3 and all(images.shape == (2, 224, 224, 3) for images, _, _ in batches)
+  images = np.concatenate([images for images, _, _ in batches])
+  labels = np.concatenate([labels for _, labels, _ in batches])
+  valid = np.concatenate([valid for _, _, valid in batches])
+  assert images.dtype == np.uint8 and labels.dtype == np.int32 and valid.dtype == np.float32
+  np.testing.assert_array_equal(labels, [100, 101, 102, 103, 104, 0])
+  np.testing.assert_array_equal(valid, [1, 1, 1, 1, 1, 0])
+  np.testing.assert_array_equal(images[5], 0)
+  for image, jpeg in zip(images, fake_imagenet[1]):
+    original = Image.open(io.BytesIO(jpeg))
+    scale = 256 / min(original.size)
+    resized = original.resize(tuple(256 if side == min(original.size) else int(side * scale)
+                                    for side in original.size), Image.Resampling.BILINEAR)
+    left, top = (round((side - 224) / 2) for side in resized.size)
+    np.testing.assert_array_equal(image, np.asarray(resized)[top:top + 224, left:left + 224])
+
+
+def test_missing_imagenet_fails_fast_with_one_line_on_manual_download(tmp_path):
+  start = time.monotonic()
+  with pytest.raises(UserError) as error:
+    data.load('imagenet2012', data_dir=tmp_path, download=True)
+  assert time.monotonic() - start < 2
+  message = str(error.value)
+  assert '\n' not in message and str(tmp_path) in message and 'image-net.org' in message
+  assert f'tfds build imagenet2012 --data_dir={tmp_path} --manual_dir=' in message

@@ -21,18 +21,21 @@ def parameters_index(nb: nbformat.NotebookNode) -> int:
   return tagged[0]
 
 
-def execute(name: str, workdir: pathlib.Path, monkeypatch) -> tuple[nbformat.NotebookNode, pathlib.Path]:
-  """Runs the notebook with SCALE = 'tiny' and RUNS in `workdir`, as papermill would inject them; returns it and RUNS."""
-  nb = read(name)
+def config_index(nb: nbformat.NotebookNode) -> int:
+  return next(i for i, cell in enumerate(nb.cells) if 'def make_config' in cell.source)
+
+
+def execute(nb: nbformat.NotebookNode, workdir: pathlib.Path, monkeypatch, scale: str = 'tiny') -> pathlib.Path:
+  """Runs `nb` in a fresh kernel with SCALE and RUNS (in `workdir`) injected as papermill would; returns RUNS."""
   runs = workdir / 'runs'
-  injected = nbformat.v4.new_code_cell(f"SCALE = 'tiny'\nRUNS = {str(runs)!r}")
+  injected = nbformat.v4.new_code_cell(f"SCALE = {scale!r}\nRUNS = {str(runs)!r}")
   injected.metadata['tags'] = ['injected-parameters']
   nb.cells.insert(parameters_index(nb) + 1, injected)
   # The kernel imports this checkout (so the install cell finds it and skips), and inherits the XLA cache dir.
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')])))
   nbclient.NotebookClient(nb, timeout=600, kernel_name='python3',
                           resources={'metadata': {'path': str(workdir)}}).execute()
-  return nb, runs
+  return runs
 
 
 def outputs(nb: nbformat.NotebookNode) -> tuple[str, int]:
@@ -61,8 +64,30 @@ def test_committed_without_outputs(name):
   assert "SCALE = 'full'" in nb.cells[parameters_index(nb)].source
 
 
+def test_notebooks_share_install_and_config():
+  """At full scale both notebooks use the same AWS run directory, so they must build the same config."""
+  quickstart, ablation = read('quickstart'), read('ablation')
+  for index in (lambda nb: parameters_index(nb) + 1, config_index):
+    assert quickstart.cells[index(quickstart)].source == ablation.cells[index(ablation)].source
+
+
+def test_full_scale_configs(tmp_path, monkeypatch):
+  """SCALE = 'full' builds valid VGG-16-BN / CIFAR-10 configs (the cells up to make_config, nothing trained)."""
+  nb = read('quickstart')
+  nb.cells = nb.cells[:config_index(nb) + 1] + [nbformat.v4.new_code_cell(
+      'from aws_jax import config as config_lib\n'
+      'for method in ("aws", "lrr"):\n'
+      '  c = make_config(method)\n'
+      '  config_lib.validate(c)\n'
+      '  print(c.model, c.dataset, c.method, c.prune.rounds, c.final.epochs, c.download)')]
+  execute(nb, tmp_path, monkeypatch, scale='full')
+  text, _ = outputs(nb)
+  assert 'vgg16 cifar10 aws 15 100 True' in text and 'vgg16 cifar10 lrr 15 100 True' in text
+
+
 def test_quickstart_tiny(tmp_path, monkeypatch):
-  nb, runs = execute('quickstart', tmp_path, monkeypatch)
+  nb = read('quickstart')
+  runs = execute(nb, tmp_path, monkeypatch)
   text, images = outputs(nb)
   assert f'aws_jax from {REPO}' in text  # the install cell found this checkout and installed nothing
   results = load_json(runs / 'tiny_aws' / 'results.json')
@@ -75,7 +100,8 @@ def test_quickstart_tiny(tmp_path, monkeypatch):
 
 
 def test_ablation_tiny(tmp_path, monkeypatch):
-  nb, runs = execute('ablation', tmp_path, monkeypatch)
+  nb = read('ablation')
+  runs = execute(nb, tmp_path, monkeypatch)
   text, images = outputs(nb)
   assert f'aws_jax from {REPO}' in text
   for method in ('aws', 'lrr'):

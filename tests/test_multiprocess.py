@@ -1,0 +1,57 @@
+"""Two processes on localhost with jax.distributed (gloo CPU collectives) prune like one process."""
+import json
+import os
+import socket
+import subprocess
+
+import jax
+import numpy as np
+
+from conftest import REPO, cli_command, run_cli, tiny_digits_config
+from test_protocol import restore_round
+
+FLAGS = ('--config.stage=prune', '--config.prune.warmup_epochs=2', '--config.prune.rounds=2',
+         '--config.prune.round_epochs=1')
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_find_the_same_masks_as_one(tmp_path):
+  two = tmp_path / 'two_processes'
+  address = f'localhost:{free_port()}'
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  processes = [subprocess.Popen(cli_command(two, *FLAGS, '--distributed', f'--coordinator_address={address}',
+                                            '--num_processes=2', f'--process_id={i}'),
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=240) for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
+  for p, (_, stderr) in zip(processes, outputs):
+    assert p.returncode == 0, stderr[-3000:]
+  assert 'round  2' in outputs[0][0] and 'round' not in outputs[1][0]  # process 0 alone reports
+
+  # One process driving the same two (virtual) devices.
+  one = tmp_path / 'one_process'
+  os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+  try:
+    result = run_cli(one, *FLAGS)
+  finally:
+    del os.environ['XLA_FLAGS']
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  rounds = [json.loads((w / 'results.json').read_text())['rounds'] for w in (two, one)]
+  assert [r['fraction_left'] for r in rounds[0]] == [r['fraction_left'] for r in rounds[1]]
+  np.testing.assert_allclose([r['test_accuracy'] for r in rounds[0]], [r['test_accuracy'] for r in rounds[1]],
+                             atol=0.01)
+  config = tiny_digits_config(**{'prune.rounds': 2})
+  _, a = restore_round(str(two), config, 2)
+  _, b = restore_round(str(one), config, 2)
+  agreement = [np.mean(np.asarray(x) == np.asarray(y)) for x, y in zip(jax.tree.leaves(a.mask), jax.tree.leaves(b.mask))]
+  assert min(agreement) > 0.999, agreement
