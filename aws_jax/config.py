@@ -9,6 +9,7 @@ STAGES = ('all', 'prune', 'final')
 MODES = ('signed', 'mask', 'retrain')
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('step', 'cosine', 'constant')
+COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 # Keys that may change between two invocations on the same workdir: they pick what to run, not what a run is.
 RERUN_KEYS = ('stage', 'overwrite', 'progress', 'final.modes', 'final.seeds', 'final.source_round',
@@ -55,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.barrier.chunk = 0          # α points vmapped together; 0: all on an accelerator, 1 on CPU (faster there)
   config.barrier.psi_reset = True   # the pruning stage records the ψ-reset barrier after every round
 
+  config.compute_dtype = 'float32'  # 'bfloat16' on TPU/GPU: forward/backward in bf16, params and state float32
   config.mesh = ml_collections.ConfigDict()  # devices: the global batch is split over all of them
   config.mesh.fsdp = 1              # > 1: also split params and optimizer state over this many devices (FSDP)
 
@@ -84,6 +86,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config, 'stage', STAGES)
   _one_of(config, 'optimizer.name', OPTIMIZERS)
   _one_of(config, 'final.schedule', SCHEDULES)
+  _one_of(config, 'compute_dtype', COMPUTE_DTYPES)
   _check(0 < config.prune.fraction < 1,
          f'--config.prune.fraction={config.prune.fraction} must lie strictly between 0 and 1')
   for key in ('batch_size', 'eval_batch_size', 'checkpoint_every_epochs'):

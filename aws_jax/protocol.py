@@ -59,7 +59,7 @@ class Setup:
     """The train step compiled once for the mesh: state in place (donated), the batch split over devices."""
     step = train.make_train_step(self.model, tx, aws=aws, is_norm=self.is_norm,
                                  augmentation=self.dataset.augmentation, mean=self.dataset.mean,
-                                 std=self.dataset.std)
+                                 std=self.dataset.std, compute_dtype=self.config.compute_dtype)
     state_shardings, replicated = self.state_shardings(tx), sharding.replicated(self.mesh)
     return jax.jit(step, donate_argnums=0,
                    in_shardings=(state_shardings, replicated, replicated, sharding.batch_sharding(self.mesh)),
@@ -116,7 +116,7 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   if config.batch_size % mesh.size:
     raise UserError(f'--config.batch_size={config.batch_size} must be a multiple of the {mesh.size} devices')
   on_every_device = functools.partial(sharding.put, sharding=sharding.replicated(mesh))
-  eval_step = train.make_eval_step(model, dataset.mean, dataset.std)
+  eval_step = train.make_eval_step(model, dataset.mean, dataset.std, config.compute_dtype)
   return Setup(config=config, model=model, dataset=dataset,
                train_images=on_every_device(dataset.train_images),
                train_labels=on_every_device(dataset.train_labels),

@@ -50,14 +50,16 @@ def write_json(path: str, obj) -> None:
 
 
 def format_table(results: dict) -> str:
-  """The rounds and final trainings as a plain-text table."""
-  lines = [f'{"stage":<24}{"% left":>8}{"train acc":>11}{"test acc":>10}']
+  """The rounds and final trainings as a plain-text table (with the ψ-reset barrier where it was measured)."""
+  lines = [f'{"stage":<24}{"% left":>8}{"train acc":>11}{"test acc":>10}{"ψ-reset barrier":>17}']
+
+  def row(name, r):
+    barrier = f'{r["psi_reset_barrier"]:>17.2f}' if 'psi_reset_barrier' in r else ''
+    return (f'{name:<24}{100 * r["fraction_left"]:>8.2f}{100 * r["train_accuracy"]:>11.2f}'
+            f'{100 * r["test_accuracy"]:>10.2f}{barrier}')
+
   for r in results['rounds']:
-    name = 'dense warm-up (round 0)' if r['round'] == 0 else f'pruning round {r["round"]}'
-    lines.append(f'{name:<24}{100 * r["fraction_left"]:>8.2f}{100 * r["train_accuracy"]:>11.2f}'
-                 f'{100 * r["test_accuracy"]:>10.2f}')
+    lines.append(row('dense warm-up (round 0)' if r['round'] == 0 else f'pruning round {r["round"]}', r))
   for f in results['final']:
-    name = f'{f["mode"]} r{f["source_round"]} seed {f["seed"]}'
-    lines.append(f'{name:<24}{100 * f["fraction_left"]:>8.2f}{100 * f["train_accuracy"]:>11.2f}'
-                 f'{100 * f["test_accuracy"]:>10.2f}')
+    lines.append(row(f'{f["mode"]} r{f["source_round"]} seed {f["seed"]}', f))
   return '\n'.join(lines)

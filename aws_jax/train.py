@@ -60,18 +60,25 @@ def create_state(params, batch_stats, mask, init_params, tx: optax.GradientTrans
                     opt_state=tx.init(params), mask=mask, init_params=init_params, rng=rng)
 
 
+def cast(tree, dtype):
+  """Floating-point leaves of `tree` in `dtype` (a no-op for float32 trees and float32)."""
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, aws: bool, is_norm,
-                    augmentation: str, mean, std) -> Callable:
+                    augmentation: str, mean, std, compute_dtype=jnp.float32) -> Callable:
   """Builds `train_step(state, images, labels, indices) -> (state, metrics)`.
 
   `images`/`labels` are the whole training set (on device); `indices` picks this step's batch. With `aws`, one
   α ~ U[0, 1) drawn from the state's key blends every normalization layer's ψ toward its initial value for this
   step's forward pass; without it, the step is plain LRR. Gradients and updates are masked, so pruned weights
-  stay exactly zero. Pure: no Python side effects, so it can be jitted and vmapped.
+  stay exactly zero. `compute_dtype` (e.g. bfloat16 on TPU/GPU) is what the forward and backward passes run in;
+  params, optimizer state and BatchNorm statistics stay float32. Pure: no Python side effects, so it can be
+  jitted and vmapped.
   """
   def train_step(state: TrainState, images, labels, indices):
     rng, augment_key, alpha_key, dropout_key = jax.random.split(state.rng, 4)
@@ -82,9 +89,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, aws: 
     def loss_fn(params):
       if aws:
         params = pruning.interpolate_norm(params, state.init_params, alpha, is_norm)
-      logits, updates = model.apply({'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-                                    mutable=['batch_stats'], rngs={'dropout': dropout_key})
-      return cross_entropy(logits, y).mean(), (logits, updates['batch_stats'])
+      logits, updates = model.apply({'params': cast(params, compute_dtype), 'batch_stats': state.batch_stats},
+                                    x.astype(compute_dtype), train=True, mutable=['batch_stats'],
+                                    rngs={'dropout': dropout_key})
+      logits = logits.astype(jnp.float32)
+      return cross_entropy(logits, y).mean(), (logits, cast(updates['batch_stats'], jnp.float32))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = pruning.apply_mask(grads, state.mask)
@@ -97,11 +106,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, aws: 
   return train_step
 
 
-def make_eval_step(model: nn.Module, mean, std) -> Callable:
+def make_eval_step(model: nn.Module, mean, std, compute_dtype=jnp.float32) -> Callable:
   """Builds `eval_step(params, batch_stats, images, labels, indices, valid) -> (loss_sum, correct)`."""
   def eval_step(params, batch_stats, images, labels, indices, valid):
-    x = data_lib.normalize(images[indices], mean, std)
-    logits = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
+    x = data_lib.normalize(images[indices], mean, std).astype(compute_dtype)
+    logits = model.apply({'params': cast(params, compute_dtype), 'batch_stats': batch_stats}, x,
+                         train=False).astype(jnp.float32)
     y = labels[indices]
     loss = jnp.sum(cross_entropy(logits, y) * valid)
     correct = jnp.sum((jnp.argmax(logits, -1) == y) * valid)

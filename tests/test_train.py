@@ -252,3 +252,20 @@ def test_step_compiles_once_across_pruning(net):
     state, _ = step(state, net['images'], net['labels'], batch(i))
   assert pruning.sparsity_summary(state.mask, PRUNABLE)['fraction_left'] == pytest.approx(0.64, abs=0.01)
   assert step._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_bfloat16_compute_keeps_float32_state_and_masks(net):
+  """compute_dtype=bfloat16 runs the passes in bf16 (loss within bf16 error of float32), state stays float32."""
+  tx = make_tx()
+  bf16_step = jax.jit(train.make_train_step(MODEL, tx, aws=False, is_norm=IS_NORM, augmentation='none',
+                                            mean=MEAN, std=STD, compute_dtype=jnp.bfloat16))
+  indices = jnp.arange(BATCH)
+  state_bf16, metrics_bf16 = bf16_step(make_state(net, tx), net['images'], net['labels'], indices)
+  _, metrics_f32 = jitted_step(False)(make_state(net, tx), net['images'], net['labels'], indices)
+  assert metrics_bf16['loss'].dtype == jnp.float32
+  np.testing.assert_allclose(metrics_bf16['loss'], metrics_f32['loss'], rtol=3e-2)
+  assert metrics_bf16['loss'] != metrics_f32['loss']  # it really computed in bfloat16
+  for tree in (state_bf16.params, state_bf16.batch_stats, state_bf16.opt_state):
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating))
+  for p, m in zip(jax.tree.leaves(state_bf16.params), jax.tree.leaves(state_bf16.mask)):
+    assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
