@@ -1,10 +1,13 @@
-"""Training-step speed: `python -m aws_jax.bench --model=resnet20 --batch=128 [--torch]` prints one JSON line.
+"""Speed figures as JSON: `python -m aws_jax.bench` (the full suite) or `--only=step --model=resnet20 --torch`.
 
-Times aws_jax's jitted train step (AWS interpolation on, masked kernels, SGD momentum + weight decay) on random
-32×32×3 data: compile time separately, then the median over `--steps` steps. With `--torch`, runs
-../shared/bench/torch_reference.py (the authors' way of training) on the same machine right after, and prints the
-ratio aws_jax / PyTorch.
+The suite times aws_jax's jitted train step (masked kernels, AWS interpolation, SGD momentum + weight decay) on
+random data: compile time separately, then the median over `--steps` steps; achieved GFLOP/s (XLA's own FLOP
+count) against the peak of a large jitted float32 matmul on the same machine; the cost of AWS interpolation and of
+masking; the number of compilations over a pruning stage; an 11-point error barrier's wall time. With `--torch`,
+../shared/bench/torch_reference.py (the authors' way of training) runs the same step alternately in the same
+invocation, and the ratio aws_jax / PyTorch is printed. `--smoke` shrinks everything to seconds (CI runs it).
 """
+import functools
 import json
 import os
 import platform
@@ -18,36 +21,56 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from aws_jax import models, pruning, train
+from aws_jax import barrier, data, models, pruning, train
 
-_MODEL = flags.DEFINE_enum('model', 'resnet20', models.MODELS, 'Model to time.')
-_BATCH = flags.DEFINE_integer('batch', 128, 'Batch size.')
-_IMAGE = flags.DEFINE_integer('image', 32, 'Image side.')
-_CLASSES = flags.DEFINE_integer('classes', 10, 'Number of classes.')
+_ONLY = flags.DEFINE_enum('only', None, ['step', 'matmul', 'stage', 'barrier'], 'Run one part of the suite.')
+_MODEL = flags.DEFINE_enum('model', 'resnet20', models.MODELS, 'Model for --only=step.')
+_BATCH = flags.DEFINE_integer('batch', 128, 'Batch size for --only=step.')
+_IMAGE = flags.DEFINE_integer('image', 32, 'Image side for --only=step.')
+_CLASSES = flags.DEFINE_integer('classes', 10, 'Classes for --only=step.')
+_SPARSITY = flags.DEFINE_float('sparsity', 0.0, 'Fraction of prunable weights masked, for --only=step.')
+_AWS = flags.DEFINE_boolean('aws', True, 'AWS interpolation in the step, for --only=step.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps after compilation.')
-_SPARSITY = flags.DEFINE_float('sparsity', 0.0, 'Fraction of prunable weights masked (global magnitude).')
-_AWS = flags.DEFINE_boolean('aws', True, 'Interpolate normalization parameters (AWS) in the step.')
-_TORCH = flags.DEFINE_boolean('torch', False, 'Also time ../shared/bench/torch_reference.py.')
+_TORCH = flags.DEFINE_boolean('torch', False, 'Also time ../shared/bench/torch_reference.py, alternating.')
+_REPEATS = flags.DEFINE_integer('repeats', 2, 'Alternations of aws_jax and PyTorch runs with --torch.')
+_SMOKE = flags.DEFINE_boolean('smoke', False, 'Tiny sizes and few steps: checks the benchmark runs, times nothing.')
 _TORCH_SCRIPT = flags.DEFINE_string(
     'torch_script', os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'bench', 'torch_reference.py'),
     'Path of the PyTorch reference script.')
 
+# (model, batch, classes, sparsity) of the suite's step timings: METHOD.md's CIFAR settings.
+SUITE = (('resnet20', 128, 10, 0.0), ('resnet20', 128, 10, 0.9), ('vgg16', 128, 10, 0.0), ('vgg16', 128, 10, 0.9),
+         ('resnet50', 64, 100, 0.0))
+SMOKE_SUITE = (('resnet20', 8, 10, 0.5),)
 
-def time_train_step(model_name: str, batch: int, image: int, classes: int, steps: int, sparsity: float,
-                    aws: bool) -> dict:
-  """Compile time and per-step times of one jitted train step on random data."""
+
+def _median_ms(fn, steps: int) -> tuple[float, float]:
+  """Median and min milliseconds of `fn()` (which blocks) over `steps` calls after two warm-up calls."""
+  times = []
+  for i in range(steps + 2):
+    start = time.perf_counter()
+    fn()
+    if i >= 2:
+      times.append((time.perf_counter() - start) * 1e3)
+  return round(statistics.median(times), 2), round(min(times), 2)
+
+
+def step_figures(model_name: str, batch: int, image: int, classes: int, steps: int, sparsity: float,
+                 aws: bool) -> dict:
+  """Compile time, ms per step, GFLOP/s of one jitted train step, and what masking costs beside it."""
   model = models.create_model(model_name, classes)
   tx = train.make_optimizer('sgd', 0.1, 0.9, 5e-4)
   key = jax.random.PRNGKey(0)
-  params, batch_stats = train.init_variables(model, key, (image, image, 3))
+  params, batch_stats = jax.jit(train.init_variables, static_argnums=(0, 2))(model, key, (image, image, 3))
   prunable = pruning.prunable_leaves(params)
   mask = pruning.full_mask(params)
   if sparsity:
     mask = pruning.prune_global_magnitude(params, mask, prunable, sparsity)
     params = pruning.apply_mask(params, mask)
-  state = train.create_state(params, batch_stats, mask, jax.tree.map(jnp.copy, params), tx, key)
-  images = jax.random.normal(key, (batch, image, image, 3))
-  labels = jax.random.randint(key, (batch,), 0, classes)
+  copy = functools.partial(jax.tree.map, jnp.copy)  # the step donates its state; keep params and mask for later
+  state = train.create_state(copy(params), batch_stats, copy(mask), copy(params), tx, key)
+  images = jnp.asarray(np.random.default_rng(0).standard_normal((batch, image, image, 3), np.float32))
+  labels = jnp.asarray(np.random.default_rng(1).integers(0, classes, batch), jnp.int32)
   indices = jnp.arange(batch)
   step = jax.jit(train.make_train_step(model, tx, aws=aws, is_norm=pruning.norm_leaves(params),
                                        augmentation='none', mean=np.zeros(3, np.float32),
@@ -55,32 +78,122 @@ def time_train_step(model_name: str, batch: int, image: int, classes: int, steps
   start = time.perf_counter()
   compiled = step.lower(state, images, labels, indices).compile()
   compile_s = time.perf_counter() - start
-  times = []
-  for i in range(steps + 2):
-    start = time.perf_counter()
-    state, metrics = compiled(state, images, labels, indices)
+  flops = (compiled.cost_analysis() or {}).get('flops', float('nan'))
+  holder = [state]
+
+  def run_step():
+    holder[0], metrics = compiled(holder[0], images, labels, indices)
     jax.block_until_ready(metrics['loss'])
-    if i >= 2:
-      times.append((time.perf_counter() - start) * 1e3)
-  return {'framework': 'jax', 'version': jax.__version__, 'model': model_name, 'batch': batch, 'image': image,
-          'aws': aws, 'sparsity': sparsity, 'params': sum(int(np.size(p)) for p in jax.tree.leaves(params)),
-          'compile_s': round(compile_s, 2), 'ms_per_step_median': round(statistics.median(times), 2),
-          'ms_per_step_min': round(min(times), 2), 'steps': steps, 'device': str(jax.devices()[0]),
-          'machine': platform.machine()}
+
+  median, fastest = _median_ms(run_step, steps)
+  masking = jax.jit(lambda p, g, m: (pruning.apply_mask(p, m), pruning.apply_mask(g, m)))
+  mask_ms, _ = _median_ms(lambda: jax.block_until_ready(masking(params, params, mask)), steps)
+  return {'model': model_name, 'batch': batch, 'image': image, 'classes': classes, 'aws': aws,
+          'sparsity': sparsity, 'params': sum(int(np.size(p)) for p in jax.tree.leaves(params)),
+          'compile_s': round(compile_s, 2), 'ms_per_step_median': median, 'ms_per_step_min': fastest,
+          'gflop_per_step': round(flops / 1e9, 2), 'gflops_achieved': round(flops / median / 1e6, 1),
+          'masking_ms': mask_ms, 'masking_share': round(mask_ms / median, 4)}
+
+
+def torch_figures(model_name: str, batch: int, image: int, classes: int, steps: int, sparsity: float,
+                  aws: bool) -> dict:
+  command = [sys.executable, _TORCH_SCRIPT.value, f'--model={model_name}', f'--batch={batch}', f'--image={image}',
+             f'--classes={classes}', f'--steps={steps}', f'--sparsity={sparsity}', '--aws' if aws else '--no-aws']
+  output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+  return json.loads(output.strip().splitlines()[-1])
+
+
+def compared(setting: tuple, image: int, steps: int, aws: bool, repeats: int, with_torch: bool) -> dict:
+  """aws_jax's step figures, and PyTorch's in alternation with them, with the ratio of the medians."""
+  model_name, batch, classes, sparsity = setting
+  runs = []
+  for _ in range(repeats if with_torch else 1):
+    runs.append(('jax', step_figures(model_name, batch, image, classes, steps, sparsity, aws)))
+    if with_torch:
+      runs.append(('torch', torch_figures(model_name, batch, image, classes, steps, sparsity, aws)))
+  result = min((r for kind, r in runs if kind == 'jax'), key=lambda r: r['ms_per_step_median'])
+  if with_torch:
+    torch_ms = [r['ms_per_step_median'] for kind, r in runs if kind == 'torch']
+    result['torch_ms_per_step_median'] = min(torch_ms)
+    result['torch_version'] = runs[1][1]['version']
+    result['ratio_jax_over_torch'] = round(result['ms_per_step_median'] / min(torch_ms), 3)
+  return result
+
+
+def matmul_peak(size: int, steps: int) -> dict:
+  """GFLOP/s of a jitted float32 `size`² matmul: the machine's practical peak."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
+  product = jax.jit(lambda a: a @ a)
+  median, _ = _median_ms(lambda: jax.block_until_ready(product(a)), steps)
+  return {'size': size, 'ms': median, 'gflops': round(2 * size ** 3 / median / 1e6, 1)}
+
+
+def stage_compilations(rounds: int, steps_per_round: int) -> dict:
+  """Compilations of the train step over a pruning stage of `rounds` rounds on digits (must be 1)."""
+  from aws_jax import config as config_lib, protocol  # pylint: disable=import-outside-toplevel
+  config = config_lib.base_config()
+  config.batch_size = 64
+  setup = protocol.make_setup(config)
+  tx = setup.optimizer('constant', 1)
+  step = setup.jit_train_step(tx, aws=True)
+  state = setup.fresh_state(1, tx)
+  for round_index in range(rounds + 1):
+    if round_index:
+      params, mask = protocol.prune(state.params, state.mask, setup.prunable, 0.2)
+      state = setup.place(state.replace(params=params, mask=mask, opt_state=tx.init(params)), tx)
+    for indices in train.epoch_order(1, round_index, 0, 1437, 64)[:steps_per_round]:
+      state, _ = step(state, setup.train_images, setup.train_labels, setup.put_batch(indices))
+  return {'rounds': rounds, 'train_step_compilations': step._cache_size()}  # pylint: disable=protected-access
+
+
+def barrier_wall_time(points: int, train_images: int, test_images: int, image: int) -> dict:
+  """Wall time of a `points`-point error barrier between two ResNet-20s on random CIFAR-shaped data."""
+  model = models.create_model('resnet20', 10)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (train_images, image, image, 3)), jnp.uint8)
+  test = jnp.asarray(rng.integers(0, 256, (test_images, image, image, 3)), jnp.uint8)
+  labels = jnp.asarray(rng.integers(0, 10, test_images), jnp.int32)
+  mean, std = np.full(3, 127.5, np.float32), np.full(3, 74.0, np.float32)
+  path = barrier.path_data(images, test, labels, mean, std, batch_size=min(128, train_images), bn_batches=-1,
+                           eval_batch_size=500)
+  endpoints = []
+  for seed in (0, 1):
+    params, batch_stats = train.init_variables(model, jax.random.PRNGKey(seed), (image, image, 3))
+    endpoints.append({'params': params, 'batch_stats': batch_stats})
+  start = time.perf_counter()
+  curve = barrier.error_curve(model, *endpoints, path, points=points)
+  return {'points': points, 'bn_train_images': train_images, 'test_images': test_images,
+          'wall_s': round(time.perf_counter() - start, 2), 'barrier': curve['barrier']}
 
 
 def main(argv):
   del argv
-  result = {'jax': time_train_step(_MODEL.value, _BATCH.value, _IMAGE.value, _CLASSES.value, _STEPS.value,
-                                   _SPARSITY.value, _AWS.value)}
-  if _TORCH.value:
-    command = [sys.executable, _TORCH_SCRIPT.value, f'--model={_MODEL.value}', f'--batch={_BATCH.value}',
-               f'--image={_IMAGE.value}', f'--classes={_CLASSES.value}', f'--steps={_STEPS.value}',
-               f'--sparsity={_SPARSITY.value}', '--aws' if _AWS.value else '--no-aws']
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    result['torch'] = json.loads(output.strip().splitlines()[-1])
-    result['ratio_jax_over_torch'] = round(
-        result['jax']['ms_per_step_median'] / result['torch']['ms_per_step_median'], 3)
+  smoke, steps = _SMOKE.value, 2 if _SMOKE.value else _STEPS.value
+  image = 8 if smoke else _IMAGE.value
+  result = {'machine': platform.machine(), 'device': str(jax.devices()[0]), 'jax': jax.__version__,
+            'cpu_count': os.cpu_count()}
+  if _ONLY.value == 'step':
+    result['step'] = compared((_MODEL.value, _BATCH.value, _CLASSES.value, _SPARSITY.value), image, steps,
+                              _AWS.value, _REPEATS.value, _TORCH.value)
+  if _ONLY.value in (None, 'matmul'):
+    result['matmul_peak'] = matmul_peak(256 if smoke else 4096, steps)
+  if _ONLY.value is None:
+    result['steps'] = [compared(s, image, steps, True, _REPEATS.value, _TORCH.value)
+                       for s in (SMOKE_SUITE if smoke else SUITE)]
+    for row in result['steps']:
+      row['share_of_matmul_peak'] = round(row['gflops_achieved'] / result['matmul_peak']['gflops'], 3)
+    model_name, batch, classes, _ = (SMOKE_SUITE if smoke else SUITE)[0]
+    without = step_figures(model_name, batch, image, classes, steps, 0.0, aws=False)
+    with_aws = result['steps'][0]
+    result['aws_overhead'] = {'model': model_name, 'ms_aws': with_aws['ms_per_step_median'],
+                              'ms_lrr': without['ms_per_step_median'],
+                              'overhead': round(with_aws['ms_per_step_median'] / without['ms_per_step_median'] - 1,
+                                                4)}
+  if _ONLY.value in (None, 'stage'):
+    result['stage'] = stage_compilations(2 if smoke else 4, 2 if smoke else 5)
+  if _ONLY.value in (None, 'barrier'):
+    result['barrier'] = barrier_wall_time(3 if smoke else 11, 64 if smoke else 2000, 32 if smoke else 1000,
+                                          image)
   print(json.dumps(result))
 
 
