@@ -98,33 +98,32 @@ class StreamedDataset:
   def num_test(self) -> int:
     return len(self.test_source)
 
-  def train_batches(self, batch_size: int, *, seed: int, phase: int, epoch: int,
-                    workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  def train_batches(self, batch_size: int, *, seed: int, phase: int, epoch: int, workers: int = 0,
+                    process: tuple[int, int] = (0, 1)) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """One epoch of (images uint8 (B, 224, 224, 3), labels int32 (B,)); the last incomplete batch is dropped.
 
     The order and the augmentation (random resized crop of scale (0.08, 1) to 224 px, horizontal flip with
     probability 1/2) are functions of (seed, phase, epoch) alone, whatever the number of `workers` (decoding
-    processes; 0: decode in this process).
+    processes; 0: decode in this process). `process` = (index, count) yields only that host's rows of each
+    global batch: rows [index, index + 1) x B / count.
     """
     order_seed, augment_seed = (int(s) for s in np.random.SeedSequence((seed, phase, epoch)).generate_state(2))
-    dataset = (grain.MapDataset.source(self.train_source).shuffle(seed=order_seed)
-               .random_map(_imagenet_train_example, seed=augment_seed).batch(batch_size, drop_remainder=True))
-    for batch in _iterate(dataset, workers):
+    examples = (grain.MapDataset.source(self.train_source).shuffle(seed=order_seed)
+                .random_map(_imagenet_train_example, seed=augment_seed))
+    for batch in _iterate(_host_batches(examples, batch_size, process), workers):
       yield batch['image'], batch['label']
 
-  def test_batches(self, batch_size: int, *,
-                   workers: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The test split in order as (images uint8, labels int32, valid float32) batches of `batch_size`.
+  def test_batches(self, batch_size: int, *, workers: int = 0, process: tuple[int, int] = (0, 1)
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The test split in order as (images uint8, labels int32, valid float32) batches; `process` as for training.
 
     Each image is resized to 256 px on its shorter side and centre-cropped to 224 px. The last batch is padded
     with zero rows whose `valid` is 0.
     """
-    dataset = grain.MapDataset.source(self.test_source).map(_imagenet_test_example).batch(batch_size)
-    for batch in _iterate(dataset, workers):
-      images, labels = batch['image'], batch['label']
-      padding = batch_size - labels.shape[0]
-      yield (np.pad(images, ((0, padding), (0, 0), (0, 0), (0, 0))), np.pad(labels, (0, padding)),
-             (np.arange(batch_size) < labels.shape[0]).astype(np.float32))
+    padded = -(-self.num_test // batch_size) * batch_size
+    examples = grain.MapDataset.range(padded).map(functools.partial(_imagenet_test_row, source=self.test_source))
+    for batch in _iterate(_host_batches(examples, batch_size, process), workers):
+      yield batch['image'], batch['label'], batch['valid']
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None,
@@ -138,10 +137,10 @@ def load(name: str, data_dir: str | os.PathLike | None = None,
     raise UserError(f'Unknown dataset {name!r}; choose one of: {", ".join(DATASETS)}.')
   if name == 'imagenet2012':
     return _load_imagenet(os.fspath(data_dir) if data_dir else _default_tfds_data_dir())
+  if name == 'tiny_imagenet':
+    return _load_tiny_imagenet(_tiny_imagenet_root(data_dir), download)
   if name == 'digits':
     train, test = _load_digits()
-  elif name == 'tiny_imagenet':
-    train, test = _load_tiny_imagenet(_tiny_imagenet_root(data_dir), download)
   else:
     data_dir = os.fspath(data_dir) if data_dir else _default_tfds_data_dir()
     if _is_prepared(name, data_dir):
@@ -221,7 +220,10 @@ def _resize_weights(start, length, size: int) -> jax.Array:
 
 
 def _crop_box(uniforms, height: int, width: int):
-  """(top, left, height, width), float32: `_random_box` with `_TINY_IMAGENET_CROP_SCALE` from 22 uniforms, vectorised."""
+  """(top, left, height, width) as floats: `_random_box` with `_TINY_IMAGENET_CROP_SCALE`, vectorised.
+
+  `uniforms`: 22 draws from U[0, 1), 10 areas, 10 aspect ratios, the top and the left.
+  """
   low, high = _TINY_IMAGENET_CROP_SCALE
   area = height * width * (low + (high - low) * uniforms[:_CROP_TRIES])
   log_low, log_high = math.log(_CROP_RATIO[0]), math.log(_CROP_RATIO[1])
@@ -357,29 +359,32 @@ def _tiny_imagenet_root(data_dir: str | os.PathLike | None) -> pathlib.Path:
   return directory if (directory / 'wnids.txt').is_file() else directory / _TINY_IMAGENET_FOLDER
 
 
-def _load_tiny_imagenet(root: pathlib.Path, download: bool):
-  """Train and val splits (uint8 (N, 64, 64, 3), int32 labels): the cache in `root`, else the decoded JPEGs."""
+def _load_tiny_imagenet(root: pathlib.Path, download: bool) -> Dataset:
+  """Tiny-ImageNet's train and val splits (uint8 (N, 64, 64, 3)): the cache in `root`, else the decoded JPEGs."""
   cache = root / _TINY_IMAGENET_CACHE
   if cache.is_file():
-    with np.load(cache) as arrays:
-      return ((arrays['train_images'], arrays['train_labels']), (arrays['test_images'], arrays['test_labels']))
-  if not (root / 'wnids.txt').is_file():
-    if not download:
-      raise UserError(
-          f'Tiny-ImageNet is not in {root} (no wnids.txt there): download {_TINY_IMAGENET_URL} and unzip it in '
-          f'{root.parent}, or pass --config.download=True; --config.data_dir or $TINY_IMAGENET_DIR name the folder '
-          f'that holds {_TINY_IMAGENET_FOLDER}/.')
-    _download_tiny_imagenet(root.parent)
-  print(f'decoding Tiny-ImageNet in {root} (first load only: cached in {cache})', flush=True)
-  train, test = _decode_tiny_imagenet(root)
-  temporary = cache.with_name(cache.name + '.tmp')
-  try:
-    with open(temporary, 'wb') as f:
-      np.savez(f, train_images=train[0], train_labels=train[1], test_images=test[0], test_labels=test[1])
-    os.replace(temporary, cache)
-  except OSError as e:
-    print(f'could not cache the decoded Tiny-ImageNet in {cache} ({e}); the next load decodes it again', flush=True)
-  return train, test
+    with np.load(cache) as f:
+      arrays = dict(f)
+  else:
+    if not (root / 'wnids.txt').is_file():
+      if not download:
+        raise UserError(
+            f'Tiny-ImageNet is not in {root} (no wnids.txt there): download {_TINY_IMAGENET_URL} and unzip it in '
+            f'{root.parent}, or pass --config.download=True; --config.data_dir or $TINY_IMAGENET_DIR name the '
+            f'folder that holds {_TINY_IMAGENET_FOLDER}/.')
+      _download_tiny_imagenet(root.parent)
+    print(f'decoding Tiny-ImageNet in {root} (first load only: cached in {cache})', flush=True)
+    arrays = _decode_tiny_imagenet(root)
+    temporary = cache.with_name(cache.name + '.tmp')
+    try:
+      with open(temporary, 'wb') as f:
+        np.savez(f, **arrays)
+      os.replace(temporary, cache)
+    except OSError as e:
+      print(f'could not cache the decoded Tiny-ImageNet in {cache} ({e}); the next load decodes it again',
+            flush=True)
+  return Dataset(name='tiny_imagenet', num_classes=_NUM_CLASSES['tiny_imagenet'],
+                 augmentation=_AUGMENTATION['tiny_imagenet'], **arrays)
 
 
 def _download_tiny_imagenet(directory: pathlib.Path) -> None:
@@ -397,8 +402,11 @@ def _download_tiny_imagenet(directory: pathlib.Path) -> None:
   archive.unlink()
 
 
-def _decode_tiny_imagenet(root: pathlib.Path):
-  """train/<wnid>/images/*.JPEG and val/images/*.JPEG (labels in val/val_annotations.txt); classes in sorted order."""
+def _decode_tiny_imagenet(root: pathlib.Path) -> dict:
+  """`Dataset`'s arrays from train/<wnid>/images/*.JPEG and val/images/*.JPEG (labels in val/val_annotations.txt).
+
+  Classes are numbered in the sorted order of wnids.txt (torchvision's ImageFolder order).
+  """
   wnids = sorted((root / 'wnids.txt').read_text().split())
   label = {wnid: i for i, wnid in enumerate(wnids)}
   train = [(path, label[wnid]) for wnid in wnids for path in sorted((root / 'train' / wnid / 'images').glob('*.JPEG'))]
@@ -407,7 +415,10 @@ def _decode_tiny_imagenet(root: pathlib.Path):
   if {example_label for _, example_label in train} != set(range(len(wnids))) or not test:
     raise UserError(f'{root} is incomplete: some class of wnids.txt has no training image, or val/ has none; unzip '
                     f'{_TINY_IMAGENET_URL} there again.')
-  return _read_images(train), _read_images(test)
+  (train_images, train_labels), (test_images, test_labels) = _read_images(train), _read_images(test)
+  mean, std = _channel_statistics(train_images)
+  return {'train_images': train_images, 'train_labels': train_labels, 'test_images': test_images,
+          'test_labels': test_labels, 'mean': mean, 'std': std}
 
 
 def _read_images(examples: list) -> tuple[np.ndarray, np.ndarray]:
@@ -463,6 +474,22 @@ def _imagenet_test_example(example: dict) -> dict:
   left = int(round((image.width - _IMAGENET_SIZE) / 2))
   image = image.crop((left, top, left + _IMAGENET_SIZE, top + _IMAGENET_SIZE))
   return {'image': np.asarray(image), 'label': np.int32(example['label'])}
+
+
+def _imagenet_test_row(index: int, source) -> dict:
+  """Example `index` of `source` as `_imagenet_test_example` makes it, valid 1; past the end, zeros, valid 0."""
+  if index < len(source):
+    return {**_imagenet_test_example(source[index]), 'valid': np.float32(1)}
+  return {'image': np.zeros((_IMAGENET_SIZE, _IMAGENET_SIZE, 3), np.uint8), 'label': np.int32(0),
+          'valid': np.float32(0)}
+
+
+def _host_batches(examples: grain.MapDataset, batch_size: int, process: tuple[int, int]) -> grain.MapDataset:
+  """The rows of each complete global batch of `examples` that host `process` = (index, count) feeds."""
+  index, count = process
+  if batch_size % count:
+    raise UserError(f'the batch size {batch_size} must be a multiple of the {count} processes')
+  return examples.batch(batch_size // count, drop_remainder=True)[index::count][:len(examples) // batch_size]
 
 
 def _decode_jpeg(data: bytes) -> Image.Image:

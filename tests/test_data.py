@@ -1,4 +1,5 @@
-"""Tests for aws_jax.data: loading (digits, a small prepared TFDS dataset, Fashion-MNIST IDX), normalize, augment."""
+"""Tests for aws_jax.data: loading (digits, small prepared TFDS datasets, Fashion-MNIST IDX, a Tiny-ImageNet folder
+tree), ImageNet's streaming pipeline on a fake prepared imagenet2012, normalize, augment."""
 import io
 import shutil
 import time
@@ -452,9 +453,13 @@ def test_imagenet_batches_do_not_depend_on_the_number_of_workers(fake_imagenet):
   in_process = _epoch(dataset, seed=3, phase=2, epoch=5)
   start = time.monotonic()
   in_workers = _epoch(dataset, seed=3, phase=2, epoch=5, workers=2)
+  test_in_workers = list(dataset.test_batches(2, workers=2))
   assert time.monotonic() - start < 15
   np.testing.assert_array_equal(in_workers[0], in_process[0])
   np.testing.assert_array_equal(in_workers[1], in_process[1])
+  for in_worker, here in zip(test_in_workers, dataset.test_batches(2), strict=True):
+    for a, b in zip(in_worker, here, strict=True):
+      np.testing.assert_array_equal(a, b)
 
 
 def test_imagenet_test_batches_resize_256_centre_crop_224_and_pad(fake_imagenet):
@@ -475,6 +480,20 @@ def test_imagenet_test_batches_resize_256_centre_crop_224_and_pad(fake_imagenet)
                                     for side in original.size), Image.Resampling.BILINEAR)
     left, top = (round((side - 224) / 2) for side in resized.size)
     np.testing.assert_array_equal(image, np.asarray(resized)[top:top + 224, left:left + 224])
+
+
+def test_imagenet_hosts_feed_their_rows_of_each_global_batch(fake_imagenet):
+  dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
+  whole = _epoch(dataset, seed=1, phase=0, epoch=0)
+  hosts = [_epoch(dataset, seed=1, phase=0, epoch=0, process=(index, 2)) for index in range(2)]
+  np.testing.assert_array_equal(np.concatenate([images for images, _ in hosts], axis=1), whole[0])
+  np.testing.assert_array_equal(np.concatenate([labels for _, labels in hosts], axis=1), whole[1])
+  test_rows = [[batch for batch in dataset.test_batches(4, process=(index, 2))] for index in range(2)]
+  assert [len(rows) for rows in test_rows] == [2, 2]
+  np.testing.assert_array_equal(np.concatenate([labels for rows in zip(*test_rows) for _, labels, _ in rows]),
+                                [100, 101, 102, 103, 104, 0, 0, 0])
+  with pytest.raises(UserError, match='multiple of the 3 processes'):
+    next(dataset.train_batches(4, seed=1, phase=0, epoch=0, process=(0, 3)))
 
 
 def test_missing_imagenet_fails_fast_with_one_line_on_manual_download(tmp_path):
