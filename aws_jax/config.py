@@ -12,7 +12,7 @@ SCHEDULES = ('step', 'cosine', 'constant')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 # Keys that may change between two invocations on the same workdir: they pick what to run, not what a run is.
-RERUN_KEYS = ('stage', 'overwrite', 'progress', 'final.modes', 'final.seeds', 'final.source_round',
+RERUN_KEYS = ('stage', 'data_workers', 'overwrite', 'progress', 'final.modes', 'final.seeds', 'final.source_round',
               'mesh.fsdp', 'barrier.points', 'barrier.bn_batches', 'barrier.chunk', 'barrier.psi_reset')
 
 
@@ -21,7 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.dataset = 'digits'         # one of aws_jax.data.DATASETS
   config.data_dir = ''              # '' means tfds' default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
-  config.download = False           # let tfds download and prepare a missing dataset (needs TensorFlow)
+  config.download = False
+  config.data_workers = 0           # decoding processes of a streamed dataset (imagenet2012); 0: in this process           # let tfds download and prepare a missing dataset (needs TensorFlow)
   config.model = 'small_cnn'        # one of aws_jax.models.MODELS
   config.seed = 1                   # pruning-stage seed: initialisation, data order, α draws
   config.batch_size = 128
@@ -89,6 +90,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config, 'compute_dtype', COMPUTE_DTYPES)
   _check(0 < config.prune.fraction < 1,
          f'--config.prune.fraction={config.prune.fraction} must lie strictly between 0 and 1')
+  _check(config.data_workers >= 0, f'--config.data_workers={config.data_workers} must be >= 0')
   for key in ('batch_size', 'eval_batch_size', 'checkpoint_every_epochs'):
     _check(config[key] > 0, f'--config.{key}={config[key]} must be positive')
   _check(config.optimizer.lr > 0, f'--config.optimizer.lr={config.optimizer.lr} must be positive')

@@ -71,6 +71,10 @@ class Dataset:
     return self.train_labels.shape[0]
 
   @property
+  def num_test(self) -> int:
+    return self.test_labels.shape[0]
+
+  @property
   def image_shape(self) -> tuple[int, ...]:
     return self.train_images.shape[1:]
 

@@ -4,7 +4,6 @@
 checkpointed; rerunning the same command continues from the last complete checkpoint with the same results.
 """
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -31,14 +30,14 @@ WORKDIR_FILES = ('checkpoints', 'tensorboard', 'metrics.jsonl', 'results.json', 
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-  """What every phase of a run shares: the model, the device-resident data and the per-leaf rules."""
+  """What every phase of a run shares: the model, the data (device-resident or streamed) and the per-leaf rules."""
   config: ml_collections.ConfigDict
   model: Any
-  dataset: data_lib.Dataset
-  train_images: jax.Array
-  train_labels: jax.Array
-  test_images: jax.Array
-  test_labels: jax.Array
+  dataset: data_lib.Dataset | data_lib.StreamedDataset
+  train_images: jax.Array | None  # None when the dataset streams from disk (ImageNet)
+  train_labels: jax.Array | None
+  test_images: jax.Array | None
+  test_labels: jax.Array | None
   is_norm: Any
   prunable: Any
   eval_step: Callable
@@ -46,7 +45,7 @@ class Setup:
 
   def optimizer(self, schedule: str, epochs: int):
     opt = self.config.optimizer
-    total_steps = max(epochs, 1) * (self.dataset.train_labels.shape[0] // self.config.batch_size)
+    total_steps = max(epochs, 1) * self.steps_per_epoch
     return train.make_optimizer(opt.name, train.schedule(schedule, opt.lr, total_steps), opt.momentum,
                                 opt.weight_decay)
 
@@ -55,20 +54,43 @@ class Setup:
     abstract = jax.eval_shape(lambda: self._unplaced_state(0, tx))
     return sharding.state_shardings(self.mesh, abstract, self.config.mesh.fsdp > 1)
 
+  @property
+  def streamed(self) -> bool:
+    return self.train_images is None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.dataset.num_train // self.config.batch_size
+
   def jit_train_step(self, tx, aws: bool) -> Callable:
-    """The train step compiled once for the mesh: state in place (donated), the batch split over devices."""
-    step = train.make_train_step(self.model, tx, aws=aws, is_norm=self.is_norm,
-                                 augmentation=self.dataset.augmentation, mean=self.dataset.mean,
-                                 std=self.dataset.std, compute_dtype=self.config.compute_dtype)
+    """The train step compiled once for the mesh: state in place (donated), the batch split over devices.
+
+    It takes `epoch_inputs`' tuples: (all images, all labels, batch indices), or a streamed (images, labels).
+    """
+    make_step = train.make_batch_step if self.streamed else train.make_train_step
+    step = make_step(self.model, tx, aws=aws, is_norm=self.is_norm, augmentation=self.dataset.augmentation,
+                     mean=self.dataset.mean, std=self.dataset.std, compute_dtype=self.config.compute_dtype)
     state_shardings, replicated = self.state_shardings(tx), sharding.replicated(self.mesh)
-    return jax.jit(step, donate_argnums=0,
-                   in_shardings=(state_shardings, replicated, replicated, sharding.batch_sharding(self.mesh)),
+    batch = sharding.batch_sharding(self.mesh)
+    inputs = (batch, batch) if self.streamed else (replicated, replicated, batch)
+    return jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, *inputs),
                    out_shardings=(state_shardings, replicated))
+
+  def epoch_inputs(self, seed: int, phase: int, epoch: int):
+    """The train step's inputs for each step of one epoch; a function of (seed, phase, epoch) alone."""
+    batch_size = self.config.batch_size
+    if self.streamed:
+      for images, labels in self.dataset.train_batches(batch_size, seed=seed, phase=phase, epoch=epoch,
+                                                       workers=self.config.data_workers, process=self._process):
+        yield self.put_rows(images), self.put_rows(labels)
+    else:
+      for indices in train.epoch_order(seed, phase, epoch, self.dataset.num_train, batch_size):
+        yield self.train_images, self.train_labels, self.put_batch(indices)
 
   def _unplaced_state(self, seed: int, tx) -> train.TrainState:
     key = jax.random.PRNGKey(seed)
     init = jax.jit(train.init_variables, static_argnums=(0, 2))
-    params, batch_stats = init(self.model, key, self.dataset.train_images.shape[1:])
+    params, batch_stats = init(self.model, key, self.dataset.image_shape)
     init_params = jax.tree.map(jnp.copy, params)  # its own buffers: the step donates params
     return train.create_state(params, batch_stats, pruning.full_mask(params), init_params, tx,
                               jax.random.fold_in(key, 1))
@@ -88,17 +110,37 @@ class Setup:
                         self.state_shardings(tx))
 
   def put_batch(self, array) -> jax.Array:
-    """One batch's host array (indices, weights), split over the devices."""
+    """One batch's host array (indices, weights), the same on every host, split over the devices."""
     return sharding.put(array, sharding.batch_sharding(self.mesh))
+
+  def put_rows(self, rows) -> jax.Array:
+    """This host's rows of a global batch, split over the devices."""
+    return jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh), rows)
+
+  @property
+  def _process(self) -> tuple[int, int]:
+    return jax.process_index(), jax.process_count()
 
   def evaluate(self, state: train.TrainState) -> dict:
     devices = self.mesh.size
-    batch_size = -(-min(self.config.eval_batch_size, self.test_labels.shape[0]) // devices) * devices
-    return train.evaluate(self.eval_step, state.params, state.batch_stats, self.test_images, self.test_labels,
-                          batch_size, put_batch=self.put_batch)
+    batch_size = -(-min(self.config.eval_batch_size, self.dataset.num_test) // devices) * devices
+    if not self.streamed:
+      return train.evaluate(self.eval_step, state.params, state.batch_stats, self.test_images, self.test_labels,
+                            batch_size, put_batch=self.put_batch)
+    totals = []
+    for images, labels, valid in self.dataset.test_batches(batch_size, workers=self.config.data_workers,
+                                                           process=self._process):
+      rows = self.put_rows(np.arange(images.shape[0], dtype=np.int32) + jax.process_index() * images.shape[0])
+      totals.append(self.eval_step(state.params, state.batch_stats, self.put_rows(images), self.put_rows(labels),
+                                   rows, self.put_rows(valid)))
+    loss, correct = np.sum(np.asarray(jax.device_get(totals)), axis=0)
+    return {'loss': float(loss / self.dataset.num_test), 'accuracy': float(correct / self.dataset.num_test)}
 
   def path_data(self) -> barrier.PathData:
     """What error barriers are measured on, as `config.barrier` says."""
+    if self.streamed:
+      raise UserError(f'error barriers need {self.config.dataset} in memory; run it with '
+                      f'--config.barrier.psi_reset=False')
     return barrier.path_data(self.train_images, self.test_images, self.test_labels, self.dataset.mean,
                              self.dataset.std, batch_size=self.config.batch_size,
                              bn_batches=self.config.barrier.bn_batches, eval_batch_size=self.config.eval_batch_size)
@@ -107,20 +149,21 @@ class Setup:
 def make_setup(config: ml_collections.ConfigDict) -> Setup:
   dataset = data_lib.load(config.dataset, config.data_dir or None, config.download)
   model = models.create_model(config.model, dataset.num_classes)
-  params, _ = jax.eval_shape(lambda: train.init_variables(model, jax.random.PRNGKey(0),
-                                                          dataset.train_images.shape[1:]))
-  if config.batch_size > dataset.train_labels.shape[0]:
-    raise UserError(f'--config.batch_size={config.batch_size} exceeds the {dataset.train_labels.shape[0]} '
+  params, _ = jax.eval_shape(lambda: train.init_variables(model, jax.random.PRNGKey(0), dataset.image_shape))
+  if config.batch_size > dataset.num_train:
+    raise UserError(f'--config.batch_size={config.batch_size} exceeds the {dataset.num_train} '
                     f'training examples of {config.dataset}')
   mesh = sharding.make_mesh(config.mesh.fsdp)
   if config.batch_size % mesh.size:
     raise UserError(f'--config.batch_size={config.batch_size} must be a multiple of the {mesh.size} devices')
-  on_every_device = functools.partial(sharding.put, sharding=sharding.replicated(mesh))
+  streamed = isinstance(dataset, data_lib.StreamedDataset)
+  on_every_device = lambda array: None if streamed else sharding.put(array, sharding.replicated(mesh))
   eval_step = train.make_eval_step(model, dataset.mean, dataset.std, config.compute_dtype)
   return Setup(config=config, model=model, dataset=dataset,
-               train_images=on_every_device(dataset.train_images),
-               train_labels=on_every_device(dataset.train_labels),
-               test_images=on_every_device(dataset.test_images), test_labels=on_every_device(dataset.test_labels),
+               train_images=on_every_device(getattr(dataset, 'train_images', None)),
+               train_labels=on_every_device(getattr(dataset, 'train_labels', None)),
+               test_images=on_every_device(getattr(dataset, 'test_images', None)),
+               test_labels=on_every_device(getattr(dataset, 'test_labels', None)),
                is_norm=pruning.norm_leaves(params), prunable=pruning.prunable_leaves(params, config.prune.exclude),
                eval_step=jax.jit(eval_step, out_shardings=sharding.replicated(mesh)), mesh=mesh)
 
@@ -129,23 +172,23 @@ def train_epochs(setup: Setup, step_fn: Callable, state: train.TrainState, *, se
                  epochs: range, label: str, log: reporting.MetricsLog,
                  on_epoch_end: Callable | None = None) -> tuple[train.TrainState, dict]:
   """Trains over `epochs`, evaluating and logging after each; raises UserError if the loss turns NaN."""
-  n, batch_size = setup.dataset.train_labels.shape[0], setup.config.batch_size
+  steps = setup.steps_per_epoch
   metrics = {}
   for epoch in epochs:
-    order = train.epoch_order(seed, phase, epoch, n, batch_size)
     loss_sum, correct = 0.0, 0
-    bar = tqdm.tqdm(order, desc=f'{label} epoch {epoch + 1}/{epochs.stop}', leave=False,
-                    disable=not (setup.config.progress and reporting.is_main_process()), unit='step')
-    for indices in bar:
-      state, step_metrics = step_fn(state, setup.train_images, setup.train_labels, setup.put_batch(indices))
+    bar = tqdm.tqdm(setup.epoch_inputs(seed, phase, epoch), total=steps, leave=False, unit='step',
+                    desc=f'{label} epoch {epoch + 1}/{epochs.stop}',
+                    disable=not (setup.config.progress and reporting.is_main_process()))
+    for inputs in bar:
+      state, step_metrics = step_fn(state, *inputs)
       loss_sum += step_metrics['loss']
       correct += step_metrics['correct']
-    train_loss = float(loss_sum) / len(order)
+    train_loss = float(loss_sum) / steps
     if not math.isfinite(train_loss):
       raise UserError(f'the training loss became {train_loss} in {label}, epoch {epoch + 1}: the run diverged; '
                       f'lower --config.optimizer.lr (now {setup.config.optimizer.lr}) and rerun '
                       f'(checkpoints already written are kept)')
-    metrics = {'train_loss': train_loss, 'train_accuracy': int(correct) / order.size,
+    metrics = {'train_loss': train_loss, 'train_accuracy': int(correct) / (steps * setup.config.batch_size),
                **{f'test_{k}': v for k, v in setup.evaluate(state).items()}}
     log.write({'phase': label, 'epoch': epoch + 1, **metrics}, int(state.step))
     if on_epoch_end:

@@ -69,21 +69,31 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, aws: bool, is_norm,
-                    augmentation: str, mean, std, compute_dtype=jnp.float32) -> Callable:
-  """Builds `train_step(state, images, labels, indices) -> (state, metrics)`.
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, **kwargs) -> Callable:
+  """Builds `train_step(state, images, labels, indices) -> (state, metrics)` over a device-resident dataset.
 
-  `images`/`labels` are the whole training set (on device); `indices` picks this step's batch. With `aws`, one
+  `images`/`labels` are the whole training set; `indices` picks this step's batch, which then goes through the
+  step of `make_batch_step(model, tx, **kwargs)`.
+  """
+  batch_step = make_batch_step(model, tx, **kwargs)
+  return lambda state, images, labels, indices: batch_step(state, images[indices], labels[indices])
+
+
+def make_batch_step(model: nn.Module, tx: optax.GradientTransformation, *, aws: bool, is_norm,
+                    augmentation: str, mean, std, compute_dtype=jnp.float32) -> Callable:
+  """Builds `batch_step(state, images, labels) -> (state, metrics)` for one batch of raw images.
+
+  The images are augmented (`augmentation`) and normalised inside the step. With `aws`, one
   α ~ U[0, 1) drawn from the state's key blends every normalization layer's ψ toward its initial value for this
   step's forward pass; without it, the step is plain LRR. Gradients and updates are masked, so pruned weights
   stay exactly zero. `compute_dtype` (e.g. bfloat16 on TPU/GPU) is what the forward and backward passes run in;
   params, optimizer state and BatchNorm statistics stay float32. Pure: no Python side effects, so it can be
   jitted and vmapped.
   """
-  def train_step(state: TrainState, images, labels, indices):
+  def batch_step(state: TrainState, images, labels):
     rng, augment_key, alpha_key, dropout_key = jax.random.split(state.rng, 4)
-    x = data_lib.normalize(data_lib.augment(augment_key, images[indices], augmentation), mean, std)
-    y = labels[indices]
+    x = data_lib.normalize(data_lib.augment(augment_key, images, augmentation), mean, std)
+    y = labels
     alpha = jax.random.uniform(alpha_key) if aws else 0.0
 
     def loss_fn(params):
@@ -103,7 +113,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, aws: 
     return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
                          rng=rng), metrics
 
-  return train_step
+  return batch_step
 
 
 def make_eval_step(model: nn.Module, mean, std, compute_dtype=jnp.float32) -> Callable:

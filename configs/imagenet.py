@@ -11,6 +11,7 @@ starts and seeds 2 and 3: 670 epochs in all. Optimizers: ResNet-50 Adam lr 1e-3,
 Mixer Adam lr 1e-3, weight decay 5e-5, batch 512; MobileNetV2 SGD momentum 0.9, lr 0.05, weight decay 5e-5,
 batch 256. Expected runtime on one H100, an estimate (not measured), assuming the input pipeline keeps up:
 ResNet-50 about a week (~15 min an epoch), Mixer about 4 days, MobileNetV2 about 3 days.
+Needs imagenet2012 prepared for tfds (manual download; see README, "Datasets"); streamed by `data_workers` processes.
 """
 from aws_jax.config import base_config
 
@@ -41,5 +42,7 @@ def get_config(preset: str = 'resnet50'):
   config.final.epochs = 100
   config.final.schedule = 'cosine'
   config.final.seeds = (2, 3)
+  config.data_workers = 12          # JPEG decoding processes; ~600 images/s each on one CPU core
+  config.barrier.psi_reset = False  # barriers re-estimate BatchNorm from in-memory data; ImageNet streams
   config.checkpoint_every_epochs = 2  # an epoch is long here
   return config

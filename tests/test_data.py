@@ -504,3 +504,19 @@ def test_missing_imagenet_fails_fast_with_one_line_on_manual_download(tmp_path):
   message = str(error.value)
   assert '\n' not in message and str(tmp_path) in message and 'image-net.org' in message
   assert f'tfds build imagenet2012 --data_dir={tmp_path} --manual_dir=' in message
+
+
+def test_protocol_trains_on_streamed_imagenet(fake_imagenet, tmp_path):
+  """The whole protocol on a streamed dataset: batches from the pipeline, evaluation over its test batches."""
+  from aws_jax import config as config_lib, protocol  # pylint: disable=import-outside-toplevel
+  config = config_lib.base_config()
+  config.update({'dataset': 'imagenet2012', 'data_dir': str(fake_imagenet[0]), 'model': 'small_cnn',
+                 'batch_size': 4, 'eval_batch_size': 4, 'progress': False})
+  config.prune.update({'warmup_epochs': 1, 'rounds': 1, 'round_epochs': 1})
+  config.final.update({'epochs': 1, 'modes': ('signed',), 'seeds': (2,)})
+  config.barrier.psi_reset = False
+  results = protocol.run(config, str(tmp_path))
+  assert [r['fraction_left'] for r in results['rounds']] == pytest.approx([1.0, 0.8], abs=1e-3)
+  assert [(f['mode'], f['epochs']) for f in results['final']] == [('signed', 1)]
+  for r in results['rounds'] + results['final']:
+    assert 0 <= r['test_accuracy'] <= 1 and np.isfinite(r['train_loss'])
