@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from aws_jax import barrier, data, models, pruning, train
+from aws_jax import barrier, models, protocol, pruning, train
+from aws_jax import config as config_lib
 
 _ONLY = flags.DEFINE_enum('only', None, ['step', 'matmul', 'stage', 'barrier'], 'Run one part of the suite.')
 _MODEL = flags.DEFINE_enum('model', 'resnet20', models.MODELS, 'Model for --only=step.')
@@ -130,7 +131,6 @@ def matmul_peak(size: int, steps: int) -> dict:
 
 def stage_compilations(rounds: int, steps_per_round: int) -> dict:
   """Compilations of the train step over a pruning stage of `rounds` rounds on digits (must be 1)."""
-  from aws_jax import config as config_lib, protocol  # pylint: disable=import-outside-toplevel
   config = config_lib.base_config()
   config.batch_size = 64
   setup = protocol.make_setup(config)
