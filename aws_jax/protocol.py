@@ -228,8 +228,8 @@ def pruning_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None
     checkpoints.save(round_index, state, summary)
     barrier_note = f'ψ-reset barrier {psi_reset["psi_reset_barrier"]:5.2f} | ' if psi_reset else ''
     reporting.say(f'round {round_index:2d} | {100 * summary["fraction_left"]:6.2f}% left | train acc '
-          f'{100 * metrics["train_accuracy"]:6.2f} | test acc {100 * metrics["test_accuracy"]:6.2f} | '
-          f'{barrier_note}{summary["wall_s"]:.1f}s')
+                  f'{100 * metrics["train_accuracy"]:6.2f} | test acc {100 * metrics["test_accuracy"]:6.2f} | '
+                  f'{barrier_note}{summary["wall_s"]:.1f}s')
   checkpoints.close()
 
 
@@ -279,8 +279,9 @@ def final_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
   for seed in config.final.seeds:
     for mode in config.final.modes:
       summary = final_run(setup, step_fn, tx, source, source_round, mode, seed, workdir, log)
-      reporting.say(f'final {mode:8s} from round {source_round} seed {seed} | {100 * summary["fraction_left"]:6.2f}% '
-            f'left | test acc {100 * summary["test_accuracy"]:6.2f} | {summary["wall_s"]:.1f}s')
+      reporting.say(f'final {mode:8s} from round {source_round} seed {seed} | '
+                    f'{100 * summary["fraction_left"]:6.2f}% left | test acc {100 * summary["test_accuracy"]:6.2f} | '
+                    f'{summary["wall_s"]:.1f}s')
 
 
 def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState, source_round: int, mode: str,
