@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from aws_jax import barrier, models, protocol, pruning, train
+from aws_jax import barrier, conv, models, protocol, pruning, train
 from aws_jax import config as config_lib
 
 _ONLY = flags.DEFINE_enum('only', None, ['step', 'matmul', 'stage', 'barrier'], 'Run one part of the suite.')
@@ -75,7 +75,8 @@ def step_figures(model_name: str, batch: int, image: int, classes: int, steps: i
   indices = jnp.arange(batch)
   step = jax.jit(train.make_train_step(model, tx, aws=aws, is_norm=pruning.norm_leaves(params),
                                        augmentation='none', mean=np.zeros(3, np.float32),
-                                       std=np.ones(3, np.float32)), donate_argnums=0)
+                                       std=np.ones(3, np.float32)), donate_argnums=0,
+                 compiler_options=conv.compiler_options())
   start = time.perf_counter()
   compiled = step.lower(state, images, labels, indices).compile()
   compile_s = time.perf_counter() - start
@@ -124,7 +125,7 @@ def compared(setting: tuple, image: int, steps: int, aws: bool, repeats: int, wi
 def matmul_peak(size: int, steps: int) -> dict:
   """GFLOP/s of a jitted float32 `size`² matmul: the machine's practical peak."""
   a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), np.float32))
-  product = jax.jit(lambda a: a @ a)
+  product = jax.jit(lambda a: a @ a, compiler_options=conv.compiler_options())
   median, _ = _median_ms(lambda: jax.block_until_ready(product(a)), steps)
   return {'size': size, 'ms': median, 'gflops': round(2 * size ** 3 / median / 1e6, 1)}
 

@@ -1,15 +1,27 @@
-"""A drop-in for `lax.conv_general_dilated` that avoids XLA:CPU's slow convolutions on small feature maps.
+"""Convolution and pooling in the forms XLA:CPU runs fast; every other backend gets plain `lax` ops.
 
-XLA:CPU runs a 3×3 convolution on a 2×2 map (VGG's last stage) at a few GFLOP/s, about 50× below its matmul
-speed. On CPU, convolutions whose output map has at most `IM2COL_MAX_PIXELS` pixels are computed as one matmul
-over extracted patches (im2col), which XLA turns into a fast GEMM forward and backward. Everything else, and every
-other backend, goes to `lax.conv_general_dilated` unchanged. Models get this through `aws_jax.models.Conv`.
+Three things measured on XLA:CPU (jaxlib 0.10), each numerically equal to the plain op (tests/test_conv.py):
+- `compiler_options()`, for `jax.jit` of model code: XLA:CPU hands convolutions to YNNPACK by default, whose
+  3×3 convolutions ran 2–2.5× slower forward and backward than XLA's own (Eigen) on 32×32 and 16×16 maps; this
+  takes convolutions back from YNNPACK and leaves it the dots and reductions, where it is faster.
+- `conv_general_dilated`: a 3×3 convolution on a 2×2 map (VGG's last stage) runs at a few GFLOP/s, so output maps
+  of at most `IM2COL_MAX_PIXELS` pixels are computed as one matmul over extracted patches (im2col).
+- `max_pool`: a window-equals-stride max-pool is a maximum over strided slices; its gradient is elementwise,
+  where `nn.max_pool`'s select-and-scatter gradient became index arrays and a scatter (8× slower).
+Models get these through `aws_jax.models.Conv` and `max_pool`; the trainer's `jax.jit`s pass `compiler_options()`.
 """
+import functools
+import itertools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 IM2COL_MAX_PIXELS = 16
+# YNNPACK's share of XLA:CPU's work: its default (individual_dot, individual_convolution, reduce) less convolutions.
+CPU_COMPILER_OPTIONS = {
+    'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 
@@ -46,3 +58,20 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
       return im2col_conv(lhs, rhs, window_strides, pads)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                   dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
+
+def compiler_options() -> dict[str, str] | None:
+  """`jax.jit(..., compiler_options=...)` for model code: `CPU_COMPILER_OPTIONS` on CPU, else None."""
+  return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == 'cpu' else None
+
+
+def max_pool(x, window: int, stride: int | None = None, padding=((0, 0), (0, 0))):
+  """`nn.max_pool(x, (window, window), (stride, stride), padding)` on NHWC; the maximum of strided slices where
+  the windows tile the map (window = stride, no padding). Ties share the gradient there (jnp.maximum's rule),
+  where select-and-scatter gives it to one input; after a ReLU, tied inputs are zeros with zero gradient anyway."""
+  stride = stride or window
+  tiled = window == stride and padding == ((0, 0), (0, 0)) and x.shape[1] % window == x.shape[2] % window == 0
+  if not tiled or jax.default_backend() != 'cpu':
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
+  return functools.reduce(jnp.maximum, (x[:, i::window, j::window] for i, j in itertools.product(range(window),
+                                                                                               repeat=2)))

@@ -35,7 +35,7 @@ class VGG(nn.Module):
   def __call__(self, x, train: bool = False):
     for width in self.plan:
       if width == 'M':
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = conv.max_pool(x, 2)
       else:
         x = nn.relu(BatchNorm(use_running_average=not train)(Conv(width, (3, 3))(x)))
     return nn.Dense(self.num_classes, name='classifier')(x.mean(axis=(1, 2)))
@@ -81,7 +81,7 @@ class SmallCNN(nn.Module):
     for width in self.widths:
       for _ in range(2):
         x = nn.relu(BatchNorm(use_running_average=not train)(Conv(width, (3, 3))(x)))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = conv.max_pool(x, 2)
     return nn.Dense(self.num_classes, name='classifier')(x.mean(axis=(1, 2)))
 
 
@@ -111,7 +111,7 @@ class ResNet50(nn.Module):
     norm = functools.partial(BatchNorm, use_running_average=not train)
     if self.imagenet:
       x = nn.relu(norm()(Conv(64, (7, 7), strides=2, padding=3)(x)))
-      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      x = conv.max_pool(x, 3, 2, padding=((1, 1), (1, 1)))
     else:
       x = nn.relu(norm()(Conv(64, (3, 3))(x)))
     for stage, (width, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):

@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 
 from aws_jax import config as config_lib
 from aws_jax import data as data_lib
-from aws_jax import barrier, models, pruning, reporting, sharding, train
+from aws_jax import barrier, conv, models, pruning, reporting, sharding, train
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 
@@ -74,7 +74,7 @@ class Setup:
     batch = sharding.batch_sharding(self.mesh)
     inputs = (batch, batch) if self.streamed else (replicated, replicated, batch)
     return jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, *inputs),
-                   out_shardings=(state_shardings, replicated))
+                   out_shardings=(state_shardings, replicated), compiler_options=conv.compiler_options())
 
   def epoch_inputs(self, seed: int, phase: int, epoch: int):
     """The train step's inputs for each step of one epoch; a function of (seed, phase, epoch) alone."""
@@ -165,7 +165,8 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
                test_images=on_every_device(getattr(dataset, 'test_images', None)),
                test_labels=on_every_device(getattr(dataset, 'test_labels', None)),
                is_norm=pruning.norm_leaves(params), prunable=pruning.prunable_leaves(params, config.prune.exclude),
-               eval_step=jax.jit(eval_step, out_shardings=sharding.replicated(mesh)), mesh=mesh)
+               eval_step=jax.jit(eval_step, out_shardings=sharding.replicated(mesh),
+                                 compiler_options=conv.compiler_options()), mesh=mesh)
 
 
 def train_epochs(setup: Setup, step_fn: Callable, state: train.TrainState, *, seed: int, phase: int,

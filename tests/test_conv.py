@@ -47,3 +47,46 @@ def test_models_route_small_maps_to_im2col_and_keep_lax_results():
   assert 'convolution' not in hlo
   big = jnp.zeros((2, 8, 8, 16))
   assert 'convolution' in jax.jit(ours.apply).lower(ours.init(jax.random.PRNGKey(2), big), big).as_text()
+
+
+@pytest.mark.parametrize('size, window, stride, padding', [
+    (8, 2, None, ((0, 0), (0, 0))),
+    (9, 3, None, ((0, 0), (0, 0))),
+    (7, 3, 2, ((1, 1), (1, 1))),  # ResNet-50's ImageNet stem pool: overlapping windows, left to nn.max_pool
+])
+def test_max_pool_equals_flax_with_gradients(size, window, stride, padding):
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((2, size, size, 3), np.float32)
+  stride = stride or window
+  reference = lambda x: nn.max_pool(x, (window, window), strides=(stride, stride), padding=padding)
+  ours = lambda x: conv.max_pool(x, window, stride, padding)
+  cotangent = rng.standard_normal(jax.eval_shape(reference, x).shape, np.float32)
+  for f in (reference, ours):
+    assert f(x).shape == cotangent.shape
+  np.testing.assert_array_equal(jax.jit(ours)(x), reference(x))
+  grad = lambda f: jax.jit(lambda x: jax.vjp(f, x)[1](cotangent)[0])(x)
+  np.testing.assert_array_equal(grad(ours), grad(reference))
+
+
+def test_tiled_max_pool_gradient_has_no_scatter():
+  x = jnp.zeros((2, 8, 8, 4))
+  scatters = lambda pool: jax.jit(jax.grad(lambda x: pool(x).sum())).lower(x).compile().as_text().count(' scatter(')
+  assert scatters(lambda x: conv.max_pool(x, 2)) == 0
+  assert scatters(lambda x: nn.max_pool(x, (2, 2), (2, 2))) > 0  # what the slices avoid; if XLA stops, drop them
+
+
+def test_compiler_options_compile_and_keep_results():
+  """The options are accepted by XLA (a wrong name or enum value fails at compile) and change no result."""
+  rng = np.random.default_rng(4)
+  x = rng.standard_normal((4, 8, 8, 3), np.float32)
+  k = rng.standard_normal((3, 3, 3, 5), np.float32)
+
+  def loss(x, k):
+    y = conv.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.sum(jnp.mean(y, axis=(0, 1, 2)) ** 2)
+
+  options = conv.compiler_options()
+  assert options == conv.CPU_COMPILER_OPTIONS  # tests run on CPU
+  ours = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), compiler_options=options)(x, k)
+  plain = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, k)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, plain)

@@ -23,7 +23,7 @@ from flax import traverse_util
 
 from aws_jax import config as config_lib
 from aws_jax import data as data_lib
-from aws_jax import plots, pruning, reporting, train
+from aws_jax import conv, plots, pruning, reporting, train
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 
@@ -99,7 +99,6 @@ def path_data(train_images, test_images, test_labels, mean, std, *, batch_size: 
                   mean=jnp.asarray(mean, jnp.float32), std=jnp.asarray(std, jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
 def _path_metrics(model, alphas, variables_a, variables_b, data: PathData, chunk: int):
   """(test loss sum, correct count) of θ(α) for each of `alphas`, vmapped over `chunk` points at a time."""
   eval_step = train.make_eval_step(model, data.mean, data.std)
@@ -121,6 +120,12 @@ def _path_metrics(model, alphas, variables_a, variables_b, data: PathData, chunk
   return jax.lax.map(at, alphas, batch_size=chunk)
 
 
+@functools.cache
+def _jitted_path_metrics():
+  """`_path_metrics` jitted once, with the backend's compiler options (known only once JAX has started)."""
+  return jax.jit(_path_metrics, static_argnums=(0, 5), compiler_options=conv.compiler_options())
+
+
 def default_chunk(points: int) -> int:
   """All points at once on an accelerator; one at a time on CPU.
 
@@ -138,7 +143,7 @@ def path_metrics(model, variables_a, variables_b, data: PathData, alphas, chunk:
   alphas = jnp.asarray(alphas, jnp.float32)
   chunk = min(chunk or default_chunk(alphas.size), alphas.size)
   try:
-    loss, correct = jax.device_get(_path_metrics(model, alphas, variables_a, variables_b, data, chunk))
+    loss, correct = jax.device_get(_jitted_path_metrics()(model, alphas, variables_a, variables_b, data, chunk))
   except jax.errors.JaxRuntimeError as e:
     if 'RESOURCE_EXHAUSTED' not in str(e) or chunk == 1:
       raise
