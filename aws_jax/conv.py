@@ -1,11 +1,14 @@
 """Convolution and pooling in the forms XLA:CPU runs fast; every other backend gets plain `lax` ops.
 
-Three things measured on XLA:CPU (jaxlib 0.10), each numerically equal to the plain op (tests/test_conv.py):
+Four things measured on XLA:CPU (jaxlib 0.10), each numerically equal to the plain op (tests/test_conv.py):
 - `compiler_options()`, for `jax.jit` of model code: XLA:CPU hands convolutions to YNNPACK by default, whose
   3×3 convolutions ran 2–2.5× slower forward and backward than XLA's own (Eigen) on 32×32 and 16×16 maps; this
   takes convolutions back from YNNPACK and leaves it the dots and reductions, where it is faster.
 - `conv_general_dilated`: a 3×3 convolution on a 2×2 map (VGG's last stage) runs at a few GFLOP/s, so output maps
   of at most `IM2COL_MAX_PIXELS` pixels are computed as one matmul over extracted patches (im2col).
+- `conv_general_dilated` again: for inputs of at most `MATERIALIZE_MAX_CHANNELS` channels, the backward pass
+  reads the input from an exact identity matmul, so that XLA does not recompute the forward's BatchNorm/ReLU/residual
+  chain inside the kernel gradient's transposes (ResNet-20: 565 → 412 ms a step).
 - `max_pool`: a window-equals-stride max-pool is a maximum over strided slices; its gradient is elementwise,
   where `nn.max_pool`'s select-and-scatter gradient became index arrays and a scatter (8× slower).
 Models get these through `aws_jax.models.Conv` and `max_pool`; the trainer's `jax.jit`s pass `compiler_options()`.
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 IM2COL_MAX_PIXELS = 16
+MATERIALIZE_MAX_CHANNELS = 64
 # YNNPACK's share of XLA:CPU's work: its default (individual_dot, individual_convolution, reduce) less convolutions.
 CPU_COMPILER_OPTIONS = {
     'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
@@ -46,7 +50,8 @@ def _explicit_padding(padding, in_shape, kernel_shape, strides):
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated`, routed to `im2col_conv` for small NHWC output maps on CPU."""
+  """`lax.conv_general_dilated`; on CPU, NHWC convs of small output maps go to `im2col_conv`, and those of few
+  input channels keep their input for the backward pass in a buffer of its own."""
   plain = (lhs.ndim == 4 and feature_group_count == 1 and not kwargs
            and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
@@ -56,8 +61,41 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     out_w = (lhs.shape[2] + sum(pads[1]) - rhs.shape[1]) // window_strides[1] + 1
     if out_h * out_w <= IM2COL_MAX_PIXELS:
       return im2col_conv(lhs, rhs, window_strides, pads)
+    if lhs.shape[-1] <= MATERIALIZE_MAX_CHANNELS:
+      return _input_materialized_for_backward(
+          functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=pads,
+                            dimension_numbers=dimension_numbers, precision=precision))(lhs, rhs)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                   dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
+
+def identity_matmul(x):
+  """`x` through a matmul by the identity over its last axis: exactly `x` (x·1 plus zeros), in a buffer of its own
+  that XLA cannot fuse the computation of `x` into."""
+  return jnp.einsum('...c,cd->...d', x, jnp.eye(x.shape[-1], dtype=x.dtype))
+
+
+def _input_materialized_for_backward(conv):
+  """`conv(x, w)` with lax's gradients, whose backward reads `x` from `identity_matmul(x)`.
+
+  The kernel gradient needs `x` transposed (channels first, batch last). Left alone, XLA:CPU fuses the forward's
+  elementwise chain that made `x` (BatchNorm, interpolation, ReLU, every residual sum back to the stage's start)
+  into that transpose and recomputes it with strided, cache-hostile reads: 40 % of a ResNet-20 step. A matmul
+  can't be fused into, so the transpose copies a plain buffer; the matmul costs 2·channels FLOPs per element,
+  hence `MATERIALIZE_MAX_CHANNELS`.
+  """
+  @jax.custom_vjp
+  def materialized(x, w):
+    return conv(x, w)
+
+  def forward(x, w):
+    return conv(x, w), (identity_matmul(x), w)
+
+  def backward(residuals, cotangent):
+    return jax.vjp(conv, *residuals)[1](cotangent)
+
+  materialized.defvjp(forward, backward)
+  return materialized
 
 
 def compiler_options() -> dict[str, str] | None:

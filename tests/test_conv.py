@@ -1,4 +1,6 @@
-"""The im2col convolution equals lax.conv, forward and backward, and models route small maps to it."""
+"""Each faster formulation in aws_jax.conv equals the plain op, forward and backward, and is used where meant."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -90,3 +92,28 @@ def test_compiler_options_compile_and_keep_results():
   ours = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), compiler_options=options)(x, k)
   plain = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, k)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, plain)
+
+
+@pytest.mark.parametrize('channels', [4, conv.MATERIALIZE_MAX_CHANNELS + 1])
+def test_backward_from_materialized_input_equals_lax(channels):
+  """Few input channels: the backward pass reads its input from an identity matmul, with lax's exact gradients."""
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((2, 6, 6, channels), np.float32)
+  k = rng.standard_normal((3, 3, channels, 3), np.float32)
+  scale = rng.standard_normal(channels).astype(np.float32)
+  dn = ('NHWC', 'HWIO', 'NHWC')
+
+  def loss(conv_fn, x, k, scale):
+    h = jax.nn.relu(x * scale + 1.0)  # the kind of chain XLA would recompute inside the kernel gradient
+    return jnp.sum(conv_fn(h, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn) ** 2)
+
+  grads = [jax.jit(jax.grad(functools.partial(loss, f), argnums=(0, 1, 2)))(x, k, scale)
+           for f in (lax.conv_general_dilated, conv.conv_general_dilated)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), *grads)
+  jaxpr = str(jax.make_jaxpr(functools.partial(loss, conv.conv_general_dilated))(x, k, scale))
+  assert ('custom_vjp_call' in jaxpr) == (channels <= conv.MATERIALIZE_MAX_CHANNELS)
+
+
+def test_identity_matmul_is_exact():
+  x = np.random.default_rng(6).standard_normal((3, 5, 7), np.float32) * 1e30
+  np.testing.assert_array_equal(jax.jit(conv.identity_matmul)(x), x)
