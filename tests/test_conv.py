@@ -49,6 +49,8 @@ def test_models_route_small_maps_to_im2col_and_keep_lax_results():
   assert 'convolution' not in hlo
   big = jnp.zeros((2, 8, 8, 16))
   assert 'convolution' in jax.jit(ours.apply).lower(ours.init(jax.random.PRNGKey(2), big), big).as_text()
+  pointwise = models.Conv(8, (1, 1), strides=(2, 2))  # 1×1 convs are matmuls on every map size
+  assert 'convolution' not in jax.jit(pointwise.apply).lower(pointwise.init(jax.random.PRNGKey(2), big), big).as_text()
 
 
 @pytest.mark.parametrize('size, window, stride, padding', [
