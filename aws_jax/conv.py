@@ -17,6 +17,7 @@ Models get these through `aws_jax.models.Conv` and `max_pool`; the trainer's `ja
 import functools
 import itertools
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -99,9 +100,20 @@ def _input_materialized_for_backward(conv):
   return materialized
 
 
+@functools.cache
 def compiler_options() -> dict[str, str] | None:
-  """`jax.jit(..., compiler_options=...)` for model code: `CPU_COMPILER_OPTIONS` on CPU, else None."""
-  return dict(CPU_COMPILER_OPTIONS) if jax.default_backend() == 'cpu' else None
+  """`jax.jit(..., compiler_options=...)` for model code: `CPU_COMPILER_OPTIONS` on CPU, else None.
+
+  The option is experimental in XLA; if this jaxlib refuses it, XLA's defaults are used, with a warning.
+  """
+  if jax.default_backend() != 'cpu':
+    return None
+  try:
+    jax.jit(jnp.negative, compiler_options=CPU_COMPILER_OPTIONS).lower(jnp.float32(0)).compile()
+  except jax.errors.JaxRuntimeError as e:
+    logging.warning('XLA:CPU refused %s, so convolutions may run slower: %s', CPU_COMPILER_OPTIONS, e)
+    return None
+  return dict(CPU_COMPILER_OPTIONS)
 
 
 def max_pool(x, window: int, stride: int | None = None, padding=((0, 0), (0, 0))):

@@ -119,3 +119,13 @@ def test_backward_from_materialized_input_equals_lax(channels):
 def test_identity_matmul_is_exact():
   x = np.random.default_rng(6).standard_normal((3, 5, 7), np.float32) * 1e30
   np.testing.assert_array_equal(jax.jit(conv.identity_matmul)(x), x)
+
+
+def test_compiler_options_fall_back_to_xla_defaults_when_refused(monkeypatch):
+  """A later jaxlib may rename the experimental option: training must still compile, with XLA's defaults."""
+  monkeypatch.setattr(conv, 'CPU_COMPILER_OPTIONS', {'xla_cpu_experimental_ynn_fusion_type': 'NO_SUCH_FUSION_TYPE'})
+  conv.compiler_options.cache_clear()
+  try:
+    assert conv.compiler_options() is None
+  finally:
+    conv.compiler_options.cache_clear()
