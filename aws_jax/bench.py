@@ -4,9 +4,9 @@ The suite times aws_jax's jitted train step (masked kernels, AWS interpolation, 
 random data: compile time separately, then the median over `--steps` steps; achieved GFLOP/s (XLA's FLOP count of
 the model's work) against the peak of a large jitted float32 matmul on the same machine; the cost of AWS
 interpolation and of masking; the number of compilations over a pruning stage; an 11-point error barrier's wall
-time. With `--torch`,
-../shared/bench/torch_reference.py (the authors' way of training) runs the same step alternately in the same
-invocation, and the ratio aws_jax / PyTorch is printed. `--smoke` shrinks everything to seconds (CI runs it).
+time. With `--torch`, ../shared/bench/torch_reference.py (the authors' way of training) runs the same step
+alternately in the same invocation, and the ratio aws_jax / PyTorch is printed. `--smoke` shrinks everything to
+seconds (CI runs it).
 """
 import functools
 import json

@@ -72,8 +72,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 
 def identity_matmul(x):
-  """`x` through a matmul by the identity over its last axis: exactly `x` (x·1 plus zeros), in a buffer of its own
-  that XLA cannot fuse the computation of `x` into."""
+  """`x` through a matmul by the identity over its last axis: exactly `x` where finite (x·1 plus zeros; an inf
+  makes its pixel NaN, as the loss would be anyway), in a buffer XLA cannot fuse the computation of `x` into."""
   return jnp.einsum('...c,cd->...d', x, jnp.eye(x.shape[-1], dtype=x.dtype))
 
 
