@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from aws_jax import barrier, conv, models, protocol, pruning, train
+from aws_jax import barrier, conv, models, onednn, protocol, pruning, train
 from aws_jax import config as config_lib
 
 _ONLY = flags.DEFINE_enum('only', None, ['step', 'matmul', 'stage', 'barrier'], 'Run one part of the suite.')
@@ -58,12 +58,14 @@ def _median_ms(fn, steps: int) -> tuple[float, float]:
 
 
 def _model_flops(compile_step) -> float:
-  """XLA's FLOP count of the step compiled without conv.py's identity matmuls: copies, not the model's work."""
-  materialize, conv.MATERIALIZE_MAX_CHANNELS = conv.MATERIALIZE_MAX_CHANNELS, 0
+  """XLA's FLOP count of the step compiled with XLA's convolutions (it counts no custom call's work) and without
+  conv.py's identity matmuls (copies, not the model's work)."""
+  saved = conv.USE_ONEDNN, conv.MATERIALIZE_MAX_CHANNELS
+  conv.USE_ONEDNN, conv.MATERIALIZE_MAX_CHANNELS = False, 0
   try:
     return (compile_step().cost_analysis() or {}).get('flops', float('nan'))
   finally:
-    conv.MATERIALIZE_MAX_CHANNELS = materialize
+    conv.USE_ONEDNN, conv.MATERIALIZE_MAX_CHANNELS = saved
 
 
 def step_figures(model_name: str, batch: int, image: int, classes: int, steps: int, sparsity: float,
@@ -182,7 +184,8 @@ def main(argv):
   smoke, steps = _SMOKE.value, 2 if _SMOKE.value else _STEPS.value
   image = 8 if smoke else _IMAGE.value
   result = {'machine': platform.machine(), 'device': str(jax.devices()[0]), 'jax': jax.__version__,
-            'cpu_count': os.cpu_count()}
+            'cpu_count': os.cpu_count(),
+            'convolutions': 'onednn' if conv.USE_ONEDNN and onednn.available() else 'xla'}
   if _ONLY.value == 'step':
     result['step'] = compared((_MODEL.value, _BATCH.value, _CLASSES.value, _SPARSITY.value), image, steps,
                               _AWS.value, _REPEATS.value, _TORCH.value)

@@ -1,15 +1,18 @@
 """Convolution and pooling in the forms XLA:CPU runs fast; every other backend gets plain `lax` ops.
 
-Four things measured on XLA:CPU (jaxlib 0.10), each numerically equal to the plain op (tests/test_conv.py):
+What runs where on XLA:CPU (jaxlib 0.10), each numerically equal to the plain op (tests/test_conv.py,
+tests/test_onednn.py):
+- `conv_general_dilated`: float32 NHWC convolutions go to oneDNN (`aws_jax.onednn`) where it is built: 1.2–3×
+  faster than XLA's forward and backward on these models' layers (ResNet-20: 392 → 291 ms a step), except output
+  maps of at most `ONEDNN_IM2COL_MAX_PIXELS` pixels (VGG's 2×2 stage), where an im2col matmul is faster.
+- Without oneDNN (`USE_ONEDNN` False, or not buildable): a 3×3 convolution on a small map runs at a few GFLOP/s in
+  XLA, so output maps of at most `IM2COL_MAX_PIXELS` pixels are one matmul over extracted patches (im2col), and so
+  are 1×1 convolutions; for inputs of at most `MATERIALIZE_MAX_CHANNELS` channels, the backward pass reads the input
+  from an exact identity matmul, so that XLA does not recompute the forward's BatchNorm/ReLU/residual chain inside
+  the kernel gradient's transposes (ResNet-20: 565 → 412 ms a step).
 - `compiler_options()`, for `jax.jit` of model code: XLA:CPU hands convolutions to YNNPACK by default, whose
-  3×3 convolutions ran 2–2.5× slower forward and backward than XLA's own (Eigen) on 32×32 and 16×16 maps; this
-  takes convolutions back from YNNPACK and leaves it the dots and reductions, where it is faster.
-- `conv_general_dilated`: a 3×3 convolution on a 2×2 map (VGG's last stage) runs at a few GFLOP/s, so output maps
-  of at most `IM2COL_MAX_PIXELS` pixels are computed as one matmul over extracted patches (im2col); so are 1×1
-  convolutions, where the patches are the input itself (ResNet-50: 7.0 → 6.1 s a step at batch 64).
-- `conv_general_dilated` again: for inputs of at most `MATERIALIZE_MAX_CHANNELS` channels, the backward pass
-  reads the input from an exact identity matmul, so that XLA does not recompute the forward's BatchNorm/ReLU/residual
-  chain inside the kernel gradient's transposes (ResNet-20: 565 → 412 ms a step).
+  3×3 convolutions ran 2–2.5× slower forward and backward than XLA's own (Eigen); this takes convolutions back
+  from YNNPACK and leaves it the dots and reductions, where it is faster.
 - `max_pool`: a window-equals-stride max-pool is a maximum over strided slices; its gradient is elementwise,
   where `nn.max_pool`'s select-and-scatter gradient became index arrays and a scatter (8× slower).
 Models get these through `aws_jax.models.Conv` and `max_pool`; the trainer's `jax.jit`s pass `compiler_options()`.
@@ -23,6 +26,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from aws_jax import onednn
+
+USE_ONEDNN = True
+ONEDNN_IM2COL_MAX_PIXELS = 4
 IM2COL_MAX_PIXELS = 16
 MATERIALIZE_MAX_CHANNELS = 64
 # YNNPACK's share of XLA:CPU's work: its default (individual_dot, individual_convolution, reduce) less convolutions.
@@ -52,15 +59,18 @@ def _explicit_padding(padding, in_shape, kernel_shape, strides):
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated`; on CPU, NHWC convs of small output maps and 1×1 convs go to `im2col_conv`, and
-  those of few input channels keep their input for the backward pass in a buffer of its own."""
+  """`lax.conv_general_dilated`; on CPU, plain NHWC convolutions go to oneDNN, or, without it, those of small
+  output maps and 1×1 ones to `im2col_conv`, and those of few input channels keep their input for the backward
+  pass in a buffer of its own."""
   plain = (lhs.ndim == 4 and feature_group_count == 1 and not kwargs
            and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
-  if plain and jax.default_backend() == 'cpu':
-    pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], window_strides)
+  pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], window_strides) if plain else ()
+  if plain and jax.default_backend() == 'cpu' and min(map(min, pads)) >= 0:  # negative padding crops: lax's
     out_h = (lhs.shape[1] + sum(pads[0]) - rhs.shape[0]) // window_strides[0] + 1
     out_w = (lhs.shape[2] + sum(pads[1]) - rhs.shape[1]) // window_strides[1] + 1
+    if out_h * out_w > ONEDNN_IM2COL_MAX_PIXELS and _use_onednn(lhs, rhs):
+      return onednn.conv(lhs, rhs, window_strides, pads)
     if out_h * out_w <= IM2COL_MAX_PIXELS or rhs.shape[:2] == (1, 1):
       return im2col_conv(lhs, rhs, window_strides, pads)
     if lhs.shape[-1] <= MATERIALIZE_MAX_CHANNELS:
@@ -69,6 +79,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                             dimension_numbers=dimension_numbers, precision=precision))(lhs, rhs)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                   dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
+
+def _use_onednn(lhs, rhs) -> bool:
+  """oneDNN for float32 on one device: XLA can't split a custom call over a mesh, it would gather the batch."""
+  return (USE_ONEDNN and lhs.dtype == rhs.dtype == jnp.float32 and jax.device_count() == 1
+          and onednn.available())
 
 
 def identity_matmul(x):

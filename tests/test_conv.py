@@ -1,4 +1,7 @@
-"""Each faster formulation in aws_jax.conv equals the plain op, forward and backward, and is used where meant."""
+"""Each faster formulation in aws_jax.conv equals the plain op, forward and backward, and is used where meant.
+
+The routes for XLA's own convolutions are tested with oneDNN off (`without_onednn`); tests/test_onednn.py has its.
+"""
 import functools
 
 import flax.linen as nn
@@ -8,7 +11,14 @@ import numpy as np
 import pytest
 from jax import lax
 
+from conftest import assert_same_values_and_gradients
+
 from aws_jax import conv, models
+
+
+@pytest.fixture(name='without_onednn')
+def fixture_without_onednn(monkeypatch):
+  monkeypatch.setattr(conv, 'USE_ONEDNN', False)
 
 
 @pytest.mark.parametrize('size, kernel, strides, padding, cin, cout', [
@@ -28,16 +38,10 @@ def test_im2col_equals_lax_conv_with_gradients(size, kernel, strides, padding, c
   reference = lambda x, k: lax.conv_general_dilated(x, k, (strides, strides), padding, dimension_numbers=dn)
   pads = conv._explicit_padding(padding, x.shape[1:3], k.shape[:2], (strides, strides))  # pylint: disable=protected-access
   ours = lambda x, k: conv.im2col_conv(x, k, (strides, strides), pads)
-  cotangent = rng.standard_normal(jax.eval_shape(reference, x, k).shape, np.float32)
-
-  @jax.jit
-  def values_and_grads(x, k):
-    return [(f(x, k), *jax.vjp(f, x, k)[1](cotangent)) for f in (reference, ours)]
-
-  for a, b in zip(*values_and_grads(x, k)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  assert_same_values_and_gradients(reference, ours, x, k)
 
 
+@pytest.mark.usefixtures('without_onednn')
 def test_models_route_small_maps_to_im2col_and_keep_lax_results():
   """A VGG stage on a 2×2 map: same output as plain nn.Conv with the same params, and no XLA conv in it."""
   x = np.random.default_rng(1).standard_normal((2, 2, 2, 16), np.float32)
@@ -79,6 +83,7 @@ def test_tiled_max_pool_gradient_has_no_scatter():
   assert scatters(lambda x: nn.max_pool(x, (2, 2), (2, 2))) > 0  # what the slices avoid; if XLA stops, drop them
 
 
+@pytest.mark.usefixtures('without_onednn')
 def test_compiler_options_compile_and_keep_results():
   """The options are accepted by XLA (a wrong name or enum value fails at compile) and change no result."""
   rng = np.random.default_rng(4)
@@ -96,6 +101,7 @@ def test_compiler_options_compile_and_keep_results():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, plain)
 
 
+@pytest.mark.usefixtures('without_onednn')
 @pytest.mark.parametrize('channels', [4, conv.MATERIALIZE_MAX_CHANNELS + 1])
 def test_backward_from_materialized_input_equals_lax(channels):
   """Few input channels: the backward pass reads its input from an identity matmul, with lax's exact gradients."""

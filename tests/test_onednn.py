@@ -1,0 +1,114 @@
+"""oneDNN's convolutions equal lax's, forward and backward; models use them on CPU; without them, XLA's run."""
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from conftest import assert_same_values_and_gradients
+
+from aws_jax import conv, models, onednn
+
+# CI installs libdnnl-dev and g++ (.ci/run); elsewhere, without them, only the fallback is tested.
+BUILDABLE = shutil.which('c++') is not None and pathlib.Path('/usr/include/dnnl.hpp').exists()
+needs_onednn = pytest.mark.skipif(not BUILDABLE, reason='needs g++ and libdnnl-dev')
+DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+@needs_onednn
+@pytest.mark.parametrize('shape, kernel, strides, padding', [
+    ((3, 8, 8, 5), (3, 3, 5, 4), (1, 1), ((1, 1), (1, 1))),
+    ((2, 8, 8, 6), (3, 3, 6, 7), (2, 2), ((0, 1), (0, 1))),    # SAME at stride 2: padding on one side
+    ((2, 9, 7, 3), (3, 3, 3, 4), (2, 2), ((1, 1), (1, 1))),    # odd, unequal sides; bottom padding unused
+    ((2, 7, 7, 2), (5, 5, 2, 3), (1, 1), ((2, 2), (2, 2))),
+    ((2, 6, 6, 8), (1, 1, 8, 16), (2, 2), ((0, 0), (0, 0))),   # ResNet-50's shortcut: the last row unread
+    ((2, 6, 5, 4), (3, 2, 4, 3), (1, 2), ((1, 1), (0, 1))),    # rectangular kernel, unequal strides
+])
+def test_conv_equals_lax_with_gradients(shape, kernel, strides, padding):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(shape, np.float32)
+  k = rng.standard_normal(kernel, np.float32)
+  reference = lambda x, k: lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
+  ours = lambda x, k: onednn.conv(x, k, strides, padding)
+  assert_same_values_and_gradients(reference, ours, x, k)
+
+
+@needs_onednn
+def test_conv_declines_negative_padding():
+  """Negative padding crops the input, which oneDNN can't always express: conv_general_dilated runs lax's."""
+  x, k = jnp.ones((1, 4, 4, 2)), jnp.ones((1, 1, 2, 2))
+  with pytest.raises(ValueError, match='negative padding'):
+    onednn.conv(x, k, (1, 1), ((0, 0), (0, -1)))
+  padding = ((0, 0), (-1, 0))
+  np.testing.assert_array_equal(conv.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=DN),
+                                lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=DN))
+
+
+@needs_onednn
+def test_conv_is_vmappable():
+  """vmap (the barrier's points, a vmapped train step) runs the custom calls once per element."""
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((3, 2, 6, 6, 4), np.float32)
+  k = rng.standard_normal((3, 3, 3, 4, 5), np.float32)
+  loss = lambda conv_fn: lambda x, k: jnp.sum(conv_fn(x, k) ** 2)
+  ours = loss(lambda x, k: onednn.conv(x, k, (1, 1), ((1, 1), (1, 1))))
+  reference = loss(lambda x, k: lax.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=DN))
+  results = [jax.jit(jax.vmap(jax.value_and_grad(f, argnums=(0, 1))))(x, k) for f in (ours, reference)]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3), *results)
+
+
+@needs_onednn
+def test_models_use_onednn_except_on_tiny_maps():
+  big, tiny = jnp.zeros((2, 8, 8, 16)), jnp.zeros((2, 2, 2, 16))
+  hlo = lambda layer, x: jax.jit(layer.apply).lower(layer.init(jax.random.PRNGKey(0), x), x).as_text()
+  for layer in (models.Conv(8, (3, 3)), models.Conv(8, (1, 1), strides=(2, 2))):
+    text = hlo(layer, big)
+    assert 'aws_onednn_conv_forward' in text and 'convolution' not in text
+  assert 'aws_onednn' not in hlo(models.Conv(8, (3, 3)), tiny)  # an im2col matmul is faster on a 2×2 map
+
+
+@needs_onednn
+def test_model_step_matches_xla_convolutions(monkeypatch):
+  """A ResNet-20 loss and gradients with oneDNN's convolutions equal those with XLA's."""
+  model = models.create_model('resnet20', 10)
+  x = np.random.default_rng(2).standard_normal((4, 32, 32, 3), np.float32)
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+
+  def loss_and_grads():
+    def loss(params):
+      logits, _ = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+      return jnp.mean(logits ** 2)
+    return jax.jit(jax.value_and_grad(loss))(variables['params'])
+
+  ours = loss_and_grads()
+  monkeypatch.setattr(conv, 'USE_ONEDNN', False)
+  plain = loss_and_grads()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5), ours, plain)
+
+
+def test_unbuildable_onednn_falls_back_to_xla(monkeypatch, tmp_path):
+  """No compiler or no oneDNN headers: available() is False, and conv_general_dilated runs XLA's convolution."""
+  monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
+  monkeypatch.setenv('AWS_JAX_CACHE', str(tmp_path))
+  onednn.available.cache_clear()
+  try:
+    assert not onednn.available()
+    x, k = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2))
+    text = jax.jit(conv.conv_general_dilated, static_argnums=(2, 3, 4, 5, 6)).lower(
+        x, k, (1, 1), 'SAME', None, None, DN).as_text()
+    assert 'convolution' in text and 'aws_onednn' not in text
+  finally:
+    onednn.available.cache_clear()
+
+
+@needs_onednn
+def test_build_is_cached_by_content(monkeypatch, tmp_path):
+  """The first use compiles into $AWS_JAX_CACHE; the next finds the library there and compiles nothing."""
+  monkeypatch.setenv('AWS_JAX_CACHE', str(tmp_path))
+  first = onednn._build()  # pylint: disable=protected-access
+  assert first.parent == tmp_path and first.exists()
+  monkeypatch.setattr(onednn.subprocess, 'run', lambda *args, **kwargs: pytest.fail('compiled again'))
+  assert onednn._build() == first  # pylint: disable=protected-access
