@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from aws_jax import barrier, conv, models, onednn, protocol, pruning, train
+from aws_jax import allocator, barrier, conv, models, onednn, protocol, pruning, train
 from aws_jax import config as config_lib
 
 _ONLY = flags.DEFINE_enum('only', None, ['step', 'matmul', 'stage', 'barrier'], 'Run one part of the suite.')
@@ -185,7 +185,8 @@ def main(argv):
   image = 8 if smoke else _IMAGE.value
   result = {'machine': platform.machine(), 'device': str(jax.devices()[0]), 'jax': jax.__version__,
             'cpu_count': os.cpu_count(),
-            'convolutions': 'onednn' if conv.USE_ONEDNN and onednn.available() else 'xla'}
+            'convolutions': 'onednn' if conv.USE_ONEDNN and onednn.available() else 'xla',
+            'malloc': 'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'default'}  # PyTorch's too
   if _ONLY.value == 'step':
     result['step'] = compared((_MODEL.value, _BATCH.value, _CLASSES.value, _SPARSITY.value), image, steps,
                               _AWS.value, _REPEATS.value, _TORCH.value)
@@ -212,4 +213,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  allocator.restart_with_tcmalloc()
   app.run(main)

@@ -3,7 +3,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from aws_jax import cli, protocol
+from aws_jax import allocator, cli, protocol
 from aws_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
@@ -30,4 +30,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  allocator.restart_with_tcmalloc()
   app.run(main, flags_parser=cli.parse_flags)
