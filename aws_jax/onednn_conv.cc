@@ -23,7 +23,6 @@ using Key = std::array<int64_t, 16>;  // kind, x's NHWC, w's HW and O, y's HW, w
 
 // One convolution's primitives, made once per shape: building them (oneDNN's dispatch, JIT) costs milliseconds.
 struct Primitives {
-  dnnl::convolution_forward::primitive_desc forward_pd;
   dnnl::primitive primitive;
   memory::desc weights;  // the layout the primitive wants the kernel (or the kernel's gradient) in
 };
@@ -55,15 +54,15 @@ std::shared_ptr<Primitives> Get(const Key& k) {
   auto forward_pd = dnnl::convolution_forward::primitive_desc(
       {dnnl::prop_kind::forward_training, direct, x, any, y, strides, pad_l, pad_r}, Engine());
   if (k[0] == 0) {
-    entry.reset(new Primitives{forward_pd, dnnl::convolution_forward(forward_pd), forward_pd.weights_desc()});
+    entry.reset(new Primitives{dnnl::convolution_forward(forward_pd), forward_pd.weights_desc()});
   } else if (k[0] == 1) {
     auto pd = dnnl::convolution_backward_data::primitive_desc({direct, x, any, y, strides, pad_l, pad_r}, Engine(),
                                                               forward_pd);
-    entry.reset(new Primitives{forward_pd, dnnl::convolution_backward_data(pd), pd.weights_desc()});
+    entry.reset(new Primitives{dnnl::convolution_backward_data(pd), pd.weights_desc()});
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc({direct, x, any, y, strides, pad_l, pad_r},
                                                                  Engine(), forward_pd);
-    entry.reset(new Primitives{forward_pd, dnnl::convolution_backward_weights(pd), pd.diff_weights_desc()});
+    entry.reset(new Primitives{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc()});
   }
   return entry;
 }
