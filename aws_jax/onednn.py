@@ -64,31 +64,34 @@ def available() -> bool:
   return True
 
 
-def _call(target: str, shape, *operands, window):
+def _call(target: str, shape, *operands, window, winograd):
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method='sequential')(
-      *operands, window=np.asarray(window, np.int64))
+      *operands, window=np.asarray(window, np.int64), winograd=winograd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv(x, kernel, out_shape, window):
-  return _call('aws_onednn_conv_forward', out_shape, x, kernel, window=window)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, kernel, out_shape, window, winograd):
+  return _call('aws_onednn_conv_forward', out_shape, x, kernel, window=window, winograd=winograd)
 
 
-def _conv_forward(x, kernel, out_shape, window):
-  return _conv(x, kernel, out_shape, window), (x, kernel)
+def _conv_forward(x, kernel, out_shape, window, winograd):
+  return _conv(x, kernel, out_shape, window, winograd), (x, kernel)
 
 
-def _conv_backward(out_shape, window, residuals, cotangent):
+def _conv_backward(out_shape, window, winograd, residuals, cotangent):
   x, kernel = residuals
-  return (_call('aws_onednn_conv_input_gradient', x.shape, cotangent, kernel, window=window),
-          _call('aws_onednn_conv_kernel_gradient', kernel.shape, x, cotangent, window=window))
+  return (_call('aws_onednn_conv_input_gradient', x.shape, cotangent, kernel, window=window, winograd=winograd),
+          _call('aws_onednn_conv_kernel_gradient', kernel.shape, x, cotangent, window=window, winograd=winograd))
 
 
 _conv.defvjp(_conv_forward, _conv_backward)
 
 
-def conv(x, kernel, strides, padding):
+def conv(x, kernel, strides, padding, winograd: bool = False):
   """NHWC × HWIO float32 convolution by oneDNN, with gradients; `padding` is ((top, bottom), (left, right)).
+
+  `winograd`: by Winograd's F(4×4, 3×3) algorithm where oneDNN has it (3×3 kernels at stride 1 on AVX-512), else
+  directly. Winograd's rounding differs from a direct sum's (both float32-accurate: tests/test_onednn.py).
 
   Raises where `available()` is False, or for negative padding (cropping), which oneDNN can't always express.
   """
@@ -103,4 +106,4 @@ def conv(x, kernel, strides, padding):
   bottom = (out_h - 1) * strides[0] + kernel.shape[0] - x.shape[1] - top
   right = (out_w - 1) * strides[1] + kernel.shape[1] - x.shape[2] - left
   return _conv(x, kernel, (x.shape[0], out_h, out_w, kernel.shape[3]),
-               (*strides, top, bottom, left, right))
+               (*strides, top, bottom, left, right), bool(winograd))

@@ -15,10 +15,13 @@ from aws_jax import conv, models, onednn
 # CI installs libdnnl-dev and g++ (.ci/run); elsewhere, without them, only the fallback is tested.
 BUILDABLE = shutil.which('c++') is not None and pathlib.Path('/usr/include/dnnl.hpp').exists()
 needs_onednn = pytest.mark.skipif(not BUILDABLE, reason='needs g++ and libdnnl-dev')
+# oneDNN 2.x has float32 Winograd convolutions for AVX-512 only; elsewhere winograd=True runs the direct ones.
+AVX512 = 'avx512f' in pathlib.Path('/proc/cpuinfo').read_text() if pathlib.Path('/proc/cpuinfo').exists() else False
 DN = ('NHWC', 'HWIO', 'NHWC')
 
 
 @needs_onednn
+@pytest.mark.parametrize('winograd', [False, True])  # where Winograd has no implementation, direct runs
 @pytest.mark.parametrize('shape, kernel, strides, padding', [
     ((3, 8, 8, 5), (3, 3, 5, 4), (1, 1), ((1, 1), (1, 1))),
     ((2, 8, 8, 6), (3, 3, 6, 7), (2, 2), ((0, 1), (0, 1))),    # SAME at stride 2: padding on one side
@@ -26,14 +29,54 @@ DN = ('NHWC', 'HWIO', 'NHWC')
     ((2, 7, 7, 2), (5, 5, 2, 3), (1, 1), ((2, 2), (2, 2))),
     ((2, 6, 6, 8), (1, 1, 8, 16), (2, 2), ((0, 0), (0, 0))),   # ResNet-50's shortcut: the last row unread
     ((2, 6, 5, 4), (3, 2, 4, 3), (1, 2), ((1, 1), (0, 1))),    # rectangular kernel, unequal strides
+    ((2, 8, 8, 32), (3, 3, 32, 48), (1, 1), ((1, 1), (1, 1))),   # what Winograd is used for
+    ((2, 10, 7, 32), (3, 3, 32, 16), (1, 1), ((1, 1), (1, 1))),  # partial 4×4 tiles
+    ((2, 9, 6, 32), (3, 3, 32, 16), (1, 1), ((0, 1), (1, 0))),   # uneven padding: Winograd's is wrong, so direct
 ])
-def test_conv_equals_lax_with_gradients(shape, kernel, strides, padding):
+def test_conv_equals_lax_with_gradients(shape, kernel, strides, padding, winograd):
   rng = np.random.default_rng(0)
   x = rng.standard_normal(shape, np.float32)
   k = rng.standard_normal(kernel, np.float32)
   reference = lambda x, k: lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
-  ours = lambda x, k: onednn.conv(x, k, strides, padding)
+  ours = lambda x, k: onednn.conv(x, k, strides, padding, winograd=winograd)
   assert_same_values_and_gradients(reference, ours, x, k)
+
+
+def _float64_conv_and_vjp(x, k, cotangent):
+  """A 3×3 SAME convolution and its input and kernel gradients, summed tap by tap in float64 with numpy."""
+  x, k, cotangent = (a.astype(np.float64) for a in (x, k, cotangent))
+  h, w = x.shape[1:3]
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  y, dx, dk = 0, np.zeros_like(padded), np.zeros_like(k)
+  for i in range(3):
+    for j in range(3):
+      y = y + np.einsum('nhwc,co->nhwo', padded[:, i:i + h, j:j + w], k[i, j])
+      dx[:, i:i + h, j:j + w] += np.einsum('nhwo,co->nhwc', cotangent, k[i, j])
+      dk[i, j] = np.einsum('nhwc,nhwo->co', padded[:, i:i + h, j:j + w], cotangent)
+  return y, dx[:, 1:-1, 1:-1], dk
+
+
+@needs_onednn
+@pytest.mark.parametrize('shape, channels', [((4, 8, 8, 32), 48), ((2, 16, 16, 64), 32)])
+def test_winograd_is_as_accurate_as_float32_allows(shape, channels):
+  """Winograd's transforms round differently from a direct sum: forward and both gradients stay within 1e-5 of
+  a float64 reference, relative to its largest entry (direct's and XLA's errors here: 2e-7 to 1e-6, Winograd's:
+  up to 2e-6). On AVX-512 its rounding differs from direct's, which shows it ran."""
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal(shape, np.float32)
+  k = (rng.standard_normal((3, 3, shape[-1], channels)) / np.sqrt(9 * shape[-1])).astype(np.float32)
+  cotangent = rng.standard_normal((*shape[:3], channels), np.float32)
+  exact = _float64_conv_and_vjp(x, k, cotangent)
+
+  def conv_and_vjp(winograd):
+    y, vjp = jax.vjp(lambda x, k: onednn.conv(x, k, (1, 1), ((1, 1), (1, 1)), winograd=winograd), x, k)
+    return (y, *vjp(cotangent))
+
+  winograd, direct = conv_and_vjp(True), conv_and_vjp(False)
+  for ours, reference in zip(winograd, exact):
+    assert np.max(np.abs(ours - reference)) <= 1e-5 * np.max(np.abs(reference))
+  if AVX512:
+    assert not np.array_equal(winograd[0], direct[0])
 
 
 @needs_onednn
@@ -68,6 +111,30 @@ def test_models_use_onednn_except_on_tiny_maps():
     text = hlo(layer, big)
     assert 'aws_onednn_conv_forward' in text and 'convolution' not in text
   assert 'aws_onednn' not in hlo(models.Conv(8, (3, 3)), tiny)  # an im2col matmul is faster on a 2×2 map
+
+
+@needs_onednn
+def test_models_ask_for_winograd_where_it_suits(monkeypatch):
+  x = jnp.zeros((8, 8, 8, 32))
+  hlo = lambda layer: jax.jit(layer.apply).lower(layer.init(jax.random.PRNGKey(0), x), x).as_text()
+  assert 'winograd = true' in hlo(models.Conv(32, (3, 3)))
+  assert 'winograd = false' in hlo(models.Conv(32, (3, 3), strides=(2, 2)))
+  assert 'winograd = false' in hlo(models.Conv(16, (3, 3)))
+  monkeypatch.setattr(conv, 'USE_WINOGRAD', False)
+  assert 'winograd = false' in hlo(models.Conv(32, (3, 3)))
+
+
+@pytest.mark.parametrize('in_shape, kernel, strides, out_hw, suits', [
+    ((128, 32, 32, 64), (3, 3, 64, 64), (1, 1), (32, 32), True),      # VGG-16's first stage
+    ((128, 4, 4, 512), (3, 3, 512, 512), (1, 1), (4, 4), True),       # its 4×4 stage: 128 tiles
+    ((16, 4, 4, 512), (3, 3, 512, 512), (1, 1), (4, 4), False),       # 16 tiles: as slow as direct
+    ((128, 32, 32, 16), (3, 3, 16, 16), (1, 1), (32, 32), False),     # ResNet-20's first stage: direct wins
+    ((128, 32, 32, 3), (3, 3, 3, 64), (1, 1), (32, 32), False),       # an image's 3 channels
+    ((128, 32, 32, 64), (3, 3, 64, 128), (2, 2), (16, 16), False),    # stride 2
+    ((128, 8, 8, 64), (1, 1, 64, 256), (1, 1), (8, 8), False),        # 1×1
+])
+def test_winograd_suits(in_shape, kernel, strides, out_hw, suits):
+  assert conv.winograd_suits(in_shape, kernel, strides, out_hw) == suits
 
 
 @needs_onednn
