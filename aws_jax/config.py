@@ -21,8 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.dataset = 'digits'         # one of aws_jax.data.DATASETS
   config.data_dir = ''              # '' means tfds' default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
-  config.download = False
-  config.data_workers = 0           # decoding processes of a streamed dataset (imagenet2012); 0: in this process           # let tfds download and prepare a missing dataset (needs TensorFlow)
+  config.download = False           # let tfds download and prepare a missing dataset (needs TensorFlow)
+  config.data_workers = 0           # decoding processes of a streamed dataset (imagenet2012); 0: in this process
   config.model = 'small_cnn'        # one of aws_jax.models.MODELS
   config.seed = 1                   # pruning-stage seed: initialisation, data order, α draws
   config.batch_size = 128
