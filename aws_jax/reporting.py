@@ -29,9 +29,10 @@ class MetricsLog:
       return
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+    phase = record['phase'].replace(' ', '_')  # tensorboardX would replace them, and log it each time
     for key, value in record.items():
       if isinstance(value, float):
-        self._tensorboard.add_scalar(f'{record["phase"]}/{key}', value, global_epoch)
+        self._tensorboard.add_scalar(f'{phase}/{key}', value, global_epoch)
     self._tensorboard.flush()
 
   def close(self) -> None:

@@ -107,7 +107,21 @@ def test_metrics_and_tensorboard_are_written(digits_run):
             + 3 * config.final.epochs)
   assert len(records) == epochs
   assert {'phase', 'epoch', 'train_loss', 'train_accuracy', 'test_accuracy', 'test_loss'} <= set(records[0])
-  assert any(name.startswith('events.out.tfevents') for name in os.listdir(os.path.join(workdir, 'tensorboard')))
+  tags = _tensorboard_tags(os.path.join(workdir, 'tensorboard'))
+  assert {'round_0/test_accuracy', 'round_3/train_loss', 'final_signed_round3_seed2/train_loss'} <= tags
+
+
+def _tensorboard_tags(directory: str) -> set:
+  """The scalar tags in a directory's event files (TFRecords: length, its CRC, an Event proto, its CRC)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  tags = set()
+  for name in os.listdir(directory):
+    with open(os.path.join(directory, name), 'rb') as f:
+      while header := f.read(12):
+        record = f.read(int.from_bytes(header[:8], 'little'))
+        f.read(4)
+        tags.update(value.tag for value in event_pb2.Event.FromString(record).summary.value)
+  return tags
 
 
 def test_final_stage_alone_reuses_the_pruning_checkpoints(digits_run, tmp_path):
