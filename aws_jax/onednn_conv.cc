@@ -6,7 +6,7 @@
 // activations too: every operand is reordered in or out, a few % of their time.
 // Attributes: `window` = {stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right}, bottom/right the padding
 // the output's size actually uses; `winograd`: use Winograd's algorithm where oneDNN has it for this shape and CPU
-// (AVX-512), else the direct one.
+// (AVX-512) and the padding is the same on both sides of each axis, else the direct one.
 #include <array>
 #include <cstdint>
 #include <cstdlib>
