@@ -35,10 +35,10 @@ struct Step {
   memory::desc scratchpad;
 };
 
-// One operand: the layout the convolution wants, and where that is not the caller's plain one, the reorder from
-// the caller's buffer (inputs) or to it (outputs).
+// One operand: the caller's plain layout (NHWC or HWIO), the layout the convolution wants, and where they differ,
+// the reorder from the caller's buffer (inputs) or to it (outputs).
 struct Operand {
-  memory::desc layout;
+  memory::desc user, layout;
   std::optional<Step> reorder;
 };
 
@@ -105,10 +105,10 @@ memory::desc Hwio(const Key& k, memory::format_tag tag) {
 }
 
 Operand MakeOperand(const memory::desc& user, const memory::desc& layout, bool output) {
-  if (layout == user) return {layout, std::nullopt};
+  if (layout == user) return {user, layout, std::nullopt};
   auto pd = output ? dnnl::reorder::primitive_desc(Engine(), layout, Engine(), user, UserScratchpad())
                    : dnnl::reorder::primitive_desc(Engine(), user, Engine(), layout, UserScratchpad());
-  return {layout, Step{dnnl::reorder(pd), pd.scratchpad_desc()}};
+  return {user, layout, Step{dnnl::reorder(pd), pd.scratchpad_desc()}};
 }
 
 // The convolution of kind 0 (forward), 1 (gradient wrt the input) or 2 (gradient wrt the kernel) for `k`.
@@ -181,15 +181,16 @@ void Execute(dnnl::stream& stream, const Step& step, std::unordered_map<int, mem
 
 // Runs the convolution of `key` on the caller's plain buffers (`inputs` and `outputs` by DNNL_ARG_*), through
 // copies in the convolution's own layouts where they differ.
-ffi::Error Run(const Key& key, std::unordered_map<int, memory> inputs, std::unordered_map<int, memory> outputs) {
+ffi::Error Run(const Key& key, std::unordered_map<int, void*> inputs, std::unordered_map<int, void*> outputs) {
   try {
     thread_local dnnl::stream stream(Engine());
     auto convolution = Get(key);
     std::list<Lease> copies;
     std::unordered_map<int, memory> args;
     for (auto* operands : {&inputs, &outputs}) {
-      for (auto& [arg, user] : *operands) {
+      for (auto& [arg, data] : *operands) {
         const Operand& operand = convolution->operands.at(arg);
+        memory user(operand.user, Engine(), data);
         if (!operand.reorder) {
           args[arg] = user;
           continue;
@@ -199,9 +200,12 @@ ffi::Error Run(const Key& key, std::unordered_map<int, memory> inputs, std::unor
       }
     }
     Execute(stream, convolution->step, args);
-    for (auto& [arg, user] : outputs) {
+    for (auto& [arg, data] : outputs) {
       const Operand& operand = convolution->operands.at(arg);
-      if (operand.reorder) Execute(stream, *operand.reorder, {{DNNL_ARG_FROM, args[arg]}, {DNNL_ARG_TO, user}});
+      if (operand.reorder) {
+        memory user(operand.user, Engine(), data);
+        Execute(stream, *operand.reorder, {{DNNL_ARG_FROM, args[arg]}, {DNNL_ARG_TO, user}});
+      }
     }
   } catch (const std::exception& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
@@ -209,36 +213,25 @@ ffi::Error Run(const Key& key, std::unordered_map<int, memory> inputs, std::unor
   return ffi::Error::Success();
 }
 
-memory Activations(ffi::Span<const int64_t> d, const void* data) {
-  return memory(Nhwc(d[0], d[1], d[2], d[3]), Engine(), const_cast<void*>(data));
-}
-
-memory Kernel(const Key& key, const void* data) {
-  return memory(Hwio(key, memory::format_tag::hwio), Engine(), const_cast<void*>(data));
-}
-
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
                    ffi::Span<const int64_t> window, bool winograd) {
-  auto key = MakeKey(0, x.dimensions(), w.dimensions(), y->dimensions(), window, winograd);
-  return Run(key, {{DNNL_ARG_SRC, Activations(x.dimensions(), x.untyped_data())},
-                   {DNNL_ARG_WEIGHTS, Kernel(key, w.untyped_data())}},
-             {{DNNL_ARG_DST, Activations(y->dimensions(), y->untyped_data())}});
+  return Run(MakeKey(0, x.dimensions(), w.dimensions(), y->dimensions(), window, winograd),
+             {{DNNL_ARG_SRC, x.untyped_data()}, {DNNL_ARG_WEIGHTS, w.untyped_data()}},
+             {{DNNL_ARG_DST, y->untyped_data()}});
 }
 
 ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
                          ffi::Span<const int64_t> window, bool winograd) {
-  auto key = MakeKey(1, dx->dimensions(), w.dimensions(), dy.dimensions(), window, winograd);
-  return Run(key, {{DNNL_ARG_DIFF_DST, Activations(dy.dimensions(), dy.untyped_data())},
-                   {DNNL_ARG_WEIGHTS, Kernel(key, w.untyped_data())}},
-             {{DNNL_ARG_DIFF_SRC, Activations(dx->dimensions(), dx->untyped_data())}});
+  return Run(MakeKey(1, dx->dimensions(), w.dimensions(), dy.dimensions(), window, winograd),
+             {{DNNL_ARG_DIFF_DST, dy.untyped_data()}, {DNNL_ARG_WEIGHTS, w.untyped_data()}},
+             {{DNNL_ARG_DIFF_SRC, dx->untyped_data()}});
 }
 
 ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
                           ffi::Span<const int64_t> window, bool winograd) {
-  auto key = MakeKey(2, x.dimensions(), dw->dimensions(), dy.dimensions(), window, winograd);
-  return Run(key, {{DNNL_ARG_SRC, Activations(x.dimensions(), x.untyped_data())},
-                   {DNNL_ARG_DIFF_DST, Activations(dy.dimensions(), dy.untyped_data())}},
-             {{DNNL_ARG_DIFF_WEIGHTS, Kernel(key, dw->untyped_data())}});
+  return Run(MakeKey(2, x.dimensions(), dw->dimensions(), dy.dimensions(), window, winograd),
+             {{DNNL_ARG_SRC, x.untyped_data()}, {DNNL_ARG_DIFF_DST, dy.untyped_data()}},
+             {{DNNL_ARG_DIFF_WEIGHTS, dw->untyped_data()}});
 }
 
 // All three: two float32 operands, one float32 result, the `window` and `winograd` attributes.
