@@ -26,11 +26,18 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def save(self, step: int, state: TrainState, summary: dict) -> None:
-    """Writes atomically: a checkpoint killed half-way is never seen as complete."""
+    """Writes atomically: a checkpoint killed half-way is never seen as complete, and a failed write (a full disk,
+    a directory turned read-only) raises UserError with the checkpoints already there intact."""
     item = {'state': state, 'signs': pruning.signs(state.params, state.mask)}
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(item),
-                                                     summary=ocp.args.JsonSave(summary)))
-    self._manager.wait_until_finished()
+    try:
+      self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(item),
+                                                       summary=ocp.args.JsonSave(summary)))
+      self._manager.wait_until_finished()
+    except OSError as e:
+      latest = self.latest()
+      raise UserError(f'could not write checkpoint {step} in {self.directory} ({e.strerror or e}); free space or '
+                      f'fix the directory and rerun the same command: it resumes from '
+                      f'{"checkpoint " + str(latest) if latest is not None else "the start"}, which is intact') from e
 
   def summary(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(summary=ocp.args.JsonRestore()))['summary']

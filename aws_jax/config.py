@@ -1,33 +1,46 @@
-"""The config schema every configs/*.py starts from, and its validation."""
+"""The config schema every configs/*.py starts from, and its validation.
+
+Light on purpose (no JAX import): the command line checks a config within a second, before anything heavy loads.
+"""
+import dataclasses
+import inspect
+import re
+
 import ml_collections
 
-from aws_jax import data, models
 from aws_jax.errors import UserError
 
-METHODS = ('aws', 'lrr')
+DATASETS = ('digits', 'fashion_mnist', 'cifar10', 'cifar100', 'tiny_imagenet', 'imagenet2012')
+MODELS = ('small_cnn', 'resnet20', 'resnet56', 'vgg11', 'vgg13', 'vgg16', 'vgg19', 'resnet50', 'resnet50_imagenet',
+          'mobilenetv2', 'mobilenetv2_imagenet', 'efficientnet_b0', 'shufflenet', 'mlp_mixer')  # = models.MODELS
+METHODS = ('aws', 'lrr', 'imp', 'imp_wr', 'oneshot', 'random')  # and 'aws+imp', 'aws+imp_wr', … (see `recipe`)
+SCOPES = ('global', 'layerwise')
 STAGES = ('all', 'prune', 'final')
-MODES = ('signed', 'mask', 'retrain')
+MODES = ('signed', 'mask', 'retrain', 'random_signs', 'random_mask', 'dense')  # final-training starts
+STARTS = ('signed', 'mask', 'random_signs', 'random_mask', 'dense')  # a study's default grid
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('step', 'cosine', 'constant')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 
 # Keys that may change between two invocations on the same workdir: they pick what to run, not what a run is.
-RERUN_KEYS = ('stage', 'data_workers', 'overwrite', 'progress', 'final.modes', 'final.seeds', 'final.source_round',
+RERUN_KEYS = ('stage', 'study.methods', 'study.starts', 'study.source_rounds', 'study.seeds', 'data_workers',
+              'overwrite', 'progress', 'checkpoint_every_steps', 'final.modes', 'final.seeds', 'final.source_round',
               'mesh.fsdp', 'barrier.points', 'barrier.bn_batches', 'barrier.chunk', 'barrier.psi_reset')
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Every key a run reads, with the reference protocol's CIFAR values where one applies."""
   config = ml_collections.ConfigDict()
-  config.dataset = 'digits'         # one of aws_jax.data.DATASETS
+  config.dataset = 'digits'         # digits, fashion_mnist, cifar10, cifar100, tiny_imagenet, imagenet2012
   config.data_dir = ''              # '' means tfds' default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
   config.download = False           # let tfds download and prepare a missing dataset (needs TensorFlow)
   config.data_workers = 0           # decoding processes of a streamed dataset (imagenet2012); 0: in this process
-  config.model = 'small_cnn'        # one of aws_jax.models.MODELS
+  config.model = 'small_cnn'        # one of MODELS above: small_cnn, resnet20, vgg16, resnet50, mobilenetv2, ...
   config.seed = 1                   # pruning-stage seed: initialisation, data order, α draws
   config.batch_size = 128
   config.eval_batch_size = 1000
-  config.method = 'aws'             # 'aws' (ψ interpolation during pruning) or 'lrr' (plain LR rewinding)
+  config.method = 'aws'             # aws (LRR + ψ interpolation), lrr, imp, imp_wr, oneshot, random, or aws+<one of
+                                    # these>: AWS's interpolation on another method (docs/method.md, "Methods")
   config.stage = 'all'              # 'prune', 'final' or 'all'
 
   config.optimizer = ml_collections.ConfigDict()
@@ -42,26 +55,38 @@ def base_config() -> ml_collections.ConfigDict:
   config.prune.round_epochs = 10    # training after each pruning, at the constant base lr, fresh optimizer
   config.prune.fraction = 0.2       # of the alive weights removed per round (global magnitude)
   config.prune.exclude = ('classifier',)  # regexes of kernel paths never pruned
+  config.prune.scope = 'global'     # 'global' (one threshold over all layers) or 'layerwise' (each layer the fraction)
+  config.prune.rewind_epoch = 1     # imp_wr: after each pruning, weights go back to their values at this warm-up epoch
 
   config.final = ml_collections.ConfigDict()
-  config.final.modes = MODES        # which starts to train from the source round's checkpoint
+  config.final.modes = ('signed', 'mask', 'retrain')  # starts trained from the source round: also random_signs,
+                                    # random_mask, dense (docs/method.md, "Stage 2")
   config.final.source_round = -1    # -1: the last pruning round
   config.final.seeds = (2, 3)       # one final training per seed and mode
   config.final.epochs = 100
+  config.final.signed_mask = ''     # a signs file (python -m aws_jax.signs export): final trainings from it alone
   config.final.schedule = 'step'    # 'step' (÷10 at 50 %, 75 %), 'cosine' (to lr·1e-3) or 'constant'
 
-  config.barrier = ml_collections.ConfigDict()  # error barriers (aws_jax.barrier; METHOD.md, "Analysis")
+  config.barrier = ml_collections.ConfigDict()  # error barriers (aws_jax.barrier; docs/method.md, "Analysis")
   config.barrier.points = 11        # α = 0, 1/(points − 1), …, 1 along the linear path
   config.barrier.bn_batches = -1    # training batches re-estimating BatchNorm statistics at each α: -1 one epoch,
                                     # 0 none (the statistics are interpolated too)
   config.barrier.chunk = 0          # α points vmapped together; 0: all on an accelerator, 1 on CPU (faster there)
   config.barrier.psi_reset = True   # the pruning stage records the ψ-reset barrier after every round
 
+  config.study = ml_collections.ConfigDict()  # python -m aws_jax.study: the paper's comparisons as one grid
+  config.study.methods = ('aws', 'lrr')   # one pruning stage per method (any --config.method value)
+  config.study.starts = STARTS            # final-training starts compared (final.modes of each method's run)
+  config.study.source_rounds = (-1,)      # pruning rounds the starts come from; -1: the last
+  config.study.seeds = (2, 3, 4)          # one final training per (method, start, round, seed)
+
   config.compute_dtype = 'float32'  # 'bfloat16' on TPU/GPU: forward/backward in bf16, params and state float32
   config.mesh = ml_collections.ConfigDict()  # devices: the global batch is split over all of them
   config.mesh.fsdp = 1              # > 1: also split params and optimizer state over this many devices (FSDP)
 
   config.checkpoint_every_epochs = 10  # final-stage checkpoints within a run (pruning: after every round)
+  config.checkpoint_every_steps = 0    # > 0: also a checkpoint every this many steps inside a round or epoch, so a
+                                       # killed run loses at most that much (SIGTERM / SIGINT always checkpoint)
   config.overwrite = False          # start over in a workdir that holds a run of another config
   config.progress = True            # a progress bar per epoch
   return config
@@ -81,9 +106,13 @@ def _one_of(config, key: str, choices):
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UserError naming the first bad value and what would be accepted."""
-  _one_of(config, 'dataset', data.DATASETS)
-  _one_of(config, 'model', models.MODELS)
-  _one_of(config, 'method', METHODS)
+  _one_of(config, 'dataset', DATASETS)
+  _one_of(config, 'model', MODELS)
+  recipe(config.method)
+  _one_of(config, 'prune.scope', SCOPES)
+  _check(0 <= config.prune.rewind_epoch <= config.prune.warmup_epochs,
+         f'--config.prune.rewind_epoch={config.prune.rewind_epoch} must lie in 0..prune.warmup_epochs '
+         f'({config.prune.warmup_epochs})')
   _one_of(config, 'stage', STAGES)
   _one_of(config, 'optimizer.name', OPTIMIZERS)
   _one_of(config, 'final.schedule', SCHEDULES)
@@ -91,6 +120,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(0 < config.prune.fraction < 1,
          f'--config.prune.fraction={config.prune.fraction} must lie strictly between 0 and 1')
   _check(config.data_workers >= 0, f'--config.data_workers={config.data_workers} must be >= 0')
+  _check(config.checkpoint_every_steps >= 0,
+         f'--config.checkpoint_every_steps={config.checkpoint_every_steps} must be >= 0 (0: off)')
   for key in ('batch_size', 'eval_batch_size', 'checkpoint_every_epochs'):
     _check(config[key] > 0, f'--config.{key}={config[key]} must be positive')
   _check(config.optimizer.lr > 0, f'--config.optimizer.lr={config.optimizer.lr} must be positive')
@@ -98,9 +129,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ('warmup_epochs', 'round_epochs', 'rounds'):
     _check(config.prune[key] >= 0, f'--config.prune.{key}={config.prune[key]} must be >= 0')
   _check(config.final.epochs > 0, f'--config.final.epochs={config.final.epochs} must be positive')
-  _check(-1 <= config.final.source_round <= config.prune.rounds,
+  _check(-1 <= config.final.source_round <= last_round(config),
          f'--config.final.source_round={config.final.source_round} is never reached: the pruning stage runs '
-         f'rounds 0..{config.prune.rounds} (-1 means the last)')
+         f'rounds 0..{last_round(config)} (-1 means the last)')
+  if config.final.signed_mask:
+    _check('retrain' not in config.final.modes, 'final.modes has retrain, which needs the trained network, not a '
+           'signs file: drop it, or run from the pruning workdir without --config.final.signed_mask')
   for mode in config.final.modes:
     _check(mode in MODES, f'--config.final.modes has {mode!r}; each must be one of {", ".join(MODES)}')
   _check(len(config.final.seeds) > 0, '--config.final.seeds is empty; give at least one seed')
@@ -110,9 +144,52 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.barrier.chunk >= 0, f'--config.barrier.chunk={config.barrier.chunk} must be >= 0 (0: all points)')
 
 
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """A pruning method as orthogonal choices."""
+  interpolate: bool          # AWS: ψ blended toward its initial value by a random α at every pruning-stage step
+  rewind: str = 'lr'         # after each pruning: 'lr' keeps the weights (LR rewinding), 'init' sets them back to
+                             # their initial values, 'warmup' to their values at prune.rewind_epoch
+  oneshot: bool = False      # one pruning to the final fraction after the warm-up instead of `rounds` rounds
+  criterion: str = 'magnitude'  # which weights go: 'magnitude' (smallest |w|) or 'random'
+
+
+_RECIPES = {'lrr': Recipe(False), 'imp': Recipe(False, rewind='init'), 'imp_wr': Recipe(False, rewind='warmup'),
+            'oneshot': Recipe(False, oneshot=True), 'random': Recipe(False, criterion='random')}
+
+
+def recipe(method: str) -> Recipe:
+  """What `method` does: 'aws' is LRR with ψ interpolation, 'aws+X' is method X with it."""
+  parts = method.split('+')
+  others = [p for p in parts if p != 'aws']
+  base = others[0] if others else 'lrr'
+  if len(others) > 1 or base not in _RECIPES or len(set(parts)) != len(parts):
+    raise UserError(f'--config.method={method!r} is not one of {", ".join(METHODS)}, or aws+ one of those')
+  return dataclasses.replace(_RECIPES[base], interpolate='aws' in parts)
+
+
+def last_round(config: ml_collections.ConfigDict) -> int:
+  """The last pruning round: `rounds`, or 1 for a one-shot method."""
+  return 1 if recipe(config.method).oneshot else config.prune.rounds
+
+
+def round_fraction(config: ml_collections.ConfigDict) -> float:
+  """The fraction of alive weights each pruning removes (one-shot: all rounds' worth at once)."""
+  if recipe(config.method).oneshot:
+    return 1 - (1 - config.prune.fraction) ** config.prune.rounds
+  return config.prune.fraction
+
+
+def round_epochs(config: ml_collections.ConfigDict, round_index: int) -> int:
+  """Training epochs of a round: the warm-up, `round_epochs`, or all rounds' epochs for a one-shot method."""
+  if round_index == 0:
+    return config.prune.warmup_epochs
+  return config.prune.round_epochs * (config.prune.rounds if recipe(config.method).oneshot else 1)
+
+
 def source_round(config: ml_collections.ConfigDict) -> int:
   """The pruning round the final stage starts from."""
-  return config.prune.rounds if config.final.source_round == -1 else config.final.source_round
+  return last_round(config) if config.final.source_round == -1 else config.final.source_round
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
@@ -129,3 +206,18 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
 
   walk(config, '')
   return flat
+
+
+def describe_keys() -> str:
+  """Every config key with its default and comment, read from `base_config`'s source (what --help prints)."""
+  lines, last = [], None
+  for line in inspect.getsource(base_config).splitlines():
+    assignment = re.match(r'\s*config\.([\w.]+) = (.*?)\s*(?:#\s*(.*))?$', line)
+    comment = re.match(r'\s*#\s*(.*)$', line)
+    if assignment and 'ConfigDict()' not in assignment.group(2):
+      key, value, note = assignment.groups()
+      last = len(lines)
+      lines.append(f'  --config.{key}={value}' + (f'\n      {note}' if note else ''))
+    elif comment and last is not None and line.startswith(' ' * 20):
+      lines[last] += ' ' + comment.group(1)
+  return 'Config keys (override any with --config.KEY=VALUE; docs/config.md explains each):\n' + '\n'.join(lines)

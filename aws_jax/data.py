@@ -27,9 +27,8 @@ from absl import flags
 from PIL import Image
 from sklearn import datasets as sklearn_datasets
 
+from aws_jax.config import DATASETS
 from aws_jax.errors import UserError
-
-DATASETS = ('digits', 'fashion_mnist', 'cifar10', 'cifar100', 'tiny_imagenet', 'imagenet2012')
 AUGMENTATIONS = ('none', 'crop_flip', 'resized_crop_flip')
 
 _NUM_CLASSES = {'digits': 10, 'fashion_mnist': 10, 'cifar10': 10, 'cifar100': 100, 'tiny_imagenet': 200,

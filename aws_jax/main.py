@@ -1,12 +1,17 @@
-"""Command line: `python -m aws_jax.main --config=configs/vgg.py --workdir=runs/vgg16_c10 [--config.KEY=VALUE]`."""
-import jax
+"""Command line: `python -m aws_jax.main --config=configs/vgg.py --workdir=runs/vgg16_c10 [--config.KEY=VALUE]`.
+
+Runs the AWS protocol (docs/method.md): dense warm-up, pruning rounds, final trainings from the signed mask. Rerun the
+same command to resume; SIGTERM or Ctrl-C stop after the current step with a checkpoint written.
+"""
 from absl import app, flags
 from ml_collections import config_flags
 
-from aws_jax import allocator, cli, protocol
+from aws_jax import cli
+from aws_jax import config as config_lib
 from aws_jax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).', lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py); its keys are listed above.',
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.json.')
 _DISTRIBUTED = flags.DEFINE_boolean(
     'distributed', False, 'Several hosts: call jax.distributed.initialize() first (on TPU pods, Slurm and Open MPI '
@@ -20,15 +25,24 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   cli.check_no_arguments(argv)
   config = cli.load_config(_CONFIG)
+  cli.check_workdir(_WORKDIR.value)
+  cli.quiet_logging()
+  from aws_jax import allocator  # pylint: disable=import-outside-toplevel
+  allocator.restart_with_tcmalloc()  # after the checks above: a bad input is answered without the restart
+  import jax  # pylint: disable=import-outside-toplevel
+  from aws_jax import preemption, protocol  # pylint: disable=import-outside-toplevel
   if _DISTRIBUTED.value:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU hosts talk over gloo
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     protocol.run(config, _WORKDIR.value)
+  except preemption.Stopped as e:
+    cli.exit_with(e, status=128 + e.signum)
   except UserError as e:
     cli.exit_with(e)
 
 
+__doc__ += '\n' + config_lib.describe_keys()
+
 if __name__ == '__main__':
-  allocator.restart_with_tcmalloc()
   app.run(main, flags_parser=cli.parse_flags)

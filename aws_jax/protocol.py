@@ -3,11 +3,14 @@
 `run(config, workdir)` is what `python -m aws_jax.main` calls. Every round and every final training is
 checkpointed; rerunning the same command continues from the last complete checkpoint with the same results.
 """
+import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
 import shutil
+import signal
 import time
 from typing import Any, Callable
 
@@ -20,12 +23,13 @@ from jax.experimental import multihost_utils
 
 from aws_jax import config as config_lib
 from aws_jax import data as data_lib
-from aws_jax import barrier, conv, models, pruning, reporting, sharding, train
+from aws_jax import barrier, conv, models, preemption, pruning, reporting, sharding, train
+from aws_jax import workdir as workdir_lib
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 
 FINAL_PHASE = 1_000_000  # data-order phase of final trainings (pruning rounds use their round number)
-WORKDIR_FILES = ('checkpoints', 'tensorboard', 'metrics.jsonl', 'results.json', 'config.json')
+WORKDIR_FILES = ('checkpoints', 'tensorboard', 'metrics.jsonl', 'results.json', 'config.json')  # what a run writes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,15 +80,16 @@ class Setup:
     return jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, *inputs),
                    out_shardings=(state_shardings, replicated), compiler_options=conv.compiler_options())
 
-  def epoch_inputs(self, seed: int, phase: int, epoch: int):
-    """The train step's inputs for each step of one epoch; a function of (seed, phase, epoch) alone."""
+  def epoch_inputs(self, seed: int, phase: int, epoch: int, start: int = 0):
+    """The train step's inputs for steps `start`, `start` + 1, … of one epoch; a function of (seed, phase, epoch)."""
     batch_size = self.config.batch_size
     if self.streamed:
-      for images, labels in self.dataset.train_batches(batch_size, seed=seed, phase=phase, epoch=epoch,
-                                                       workers=self.config.data_workers, process=self._process):
+      batches = self.dataset.train_batches(batch_size, seed=seed, phase=phase, epoch=epoch,
+                                           workers=self.config.data_workers, process=self._process)
+      for images, labels in itertools.islice(batches, start, None):
         yield self.put_rows(images), self.put_rows(labels)
     else:
-      for indices in train.epoch_order(seed, phase, epoch, self.dataset.num_train, batch_size):
+      for indices in train.epoch_order(seed, phase, epoch, self.dataset.num_train, batch_size)[start:]:
         yield self.train_images, self.train_labels, self.put_batch(indices)
 
   def _unplaced_state(self, seed: int, tx) -> train.TrainState:
@@ -169,36 +174,106 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
                                  compiler_options=conv.compiler_options()), mesh=mesh)
 
 
+@dataclasses.dataclass(frozen=True)
+class Position:
+  """Where a phase stands: `step` steps of `epoch` (0-based) done, with that epoch's running loss sum and count."""
+  epoch: int
+  step: int = 0
+  loss_sum: float = 0.0
+  correct: int = 0
+
+
+class Partial:
+  """Checkpoints inside one phase (a pruning round or a final training): every `checkpoint_every_steps` steps and
+  on SIGTERM / SIGINT. The newest is kept; the phase's own checkpoint makes it obsolete (`discard`)."""
+
+  def __init__(self, workdir: str, label: str):
+    self.directory = os.path.join(workdir, 'checkpoints', 'partial', label.replace(' ', '_'))
+    self._checkpoints = None
+
+  def _open(self) -> Checkpoints:
+    if self._checkpoints is None:
+      self._checkpoints = Checkpoints(self.directory, max_to_keep=1)
+    return self._checkpoints
+
+  def save(self, global_step: int, state: train.TrainState, position: Position) -> None:
+    self._open().save(global_step, state, dataclasses.asdict(position))
+
+  def restore(self, template) -> tuple[train.TrainState, Position] | None:
+    """The newest state saved inside the phase and where it stood, or None."""
+    if not os.path.isdir(self.directory):
+      return None
+    checkpoints = self._open()
+    step = checkpoints.latest()
+    if step is None:
+      return None
+    return checkpoints.restore(step, template), Position(**checkpoints.summary(step))
+
+  def discard(self) -> None:
+    if self._checkpoints is not None:
+      self._checkpoints.close()
+      self._checkpoints = None
+    if reporting.is_main_process() and os.path.isdir(self.directory):
+      shutil.rmtree(self.directory)
+
+
+def stop_requested(at_boundary: bool) -> int | None:
+  """The stop signal to act on now. Several hosts agree on it at boundaries only (a collective), one host at once."""
+  if jax.process_count() == 1:
+    return preemption.requested()
+  if not at_boundary:
+    return None
+  return int(np.max(multihost_utils.process_allgather(np.int32(preemption.requested() or 0)))) or None
+
+
+def stop(signum: int, where: str) -> preemption.Stopped:
+  return preemption.Stopped(signum, f'stopped by {signal.Signals(signum).name} {where} with a checkpoint written; '
+                                    f'rerun the same command to resume')
+
+
 def train_epochs(setup: Setup, step_fn: Callable, state: train.TrainState, *, seed: int, phase: int,
-                 epochs: range, label: str, log: reporting.MetricsLog,
-                 on_epoch_end: Callable | None = None) -> tuple[train.TrainState, dict]:
-  """Trains over `epochs`, evaluating and logging after each; raises UserError if the loss turns NaN."""
-  steps = setup.steps_per_epoch
+                 epochs: range, label: str, log: reporting.MetricsLog, on_epoch_end: Callable | None = None,
+                 resume: Position | None = None, partial: Partial | None = None) -> tuple[train.TrainState, dict]:
+  """Trains over `epochs` (from `resume` inside its first epoch), evaluating and logging after each epoch.
+
+  With `partial`, saves inside the phase every `checkpoint_every_steps` steps, and on SIGTERM / SIGINT saves and
+  raises `preemption.Stopped`. Raises UserError if the loss turns NaN.
+  """
+  steps, every = setup.steps_per_epoch, setup.config.checkpoint_every_steps
+  global_step = int(state.step)  # counted on the host from here: no device round trip per step
   metrics = {}
   for epoch in epochs:
-    loss_sum, correct = 0.0, 0
-    bar = tqdm.tqdm(setup.epoch_inputs(seed, phase, epoch), total=steps, leave=False, unit='step',
-                    desc=f'{label} epoch {epoch + 1}/{epochs.stop}',
+    position = resume if resume is not None and resume.epoch == epoch else Position(epoch)
+    loss_sum, correct = position.loss_sum, position.correct
+    bar = tqdm.tqdm(setup.epoch_inputs(seed, phase, epoch, start=position.step), total=steps,
+                    initial=position.step, leave=False, unit='step', desc=f'{label} epoch {epoch + 1}/{epochs.stop}',
                     disable=not (setup.config.progress and reporting.is_main_process()))
-    for inputs in bar:
+    for done, inputs in enumerate(bar, position.step + 1):
       state, step_metrics = step_fn(state, *inputs)
       loss_sum += step_metrics['loss']
       correct += step_metrics['correct']
+      global_step += 1
+      periodic = every > 0 and global_step % every == 0
+      signum = stop_requested(at_boundary=periodic or done == steps)
+      if partial is not None and (periodic or signum):
+        partial.save(global_step, state, Position(epoch, done, float(loss_sum), int(correct)))
+      if signum:
+        raise stop(signum, f'in {label}, epoch {epoch + 1}, step {done}/{steps},')
     train_loss = float(loss_sum) / steps
     if not math.isfinite(train_loss):
       raise UserError(f'the training loss became {train_loss} in {label}, epoch {epoch + 1}: the run diverged; '
-                      f'lower --config.optimizer.lr (now {setup.config.optimizer.lr}) and rerun '
-                      f'(checkpoints already written are kept)')
+                      f'lower --config.optimizer.lr (now {setup.config.optimizer.lr}) and rerun (a workdir '
+                      f'with checkpoints needs --config.overwrite=True or another --workdir; nothing written is lost)')
     metrics = {'train_loss': train_loss, 'train_accuracy': int(correct) / (steps * setup.config.batch_size),
                **{f'test_{k}': v for k, v in setup.evaluate(state).items()}}
-    log.write({'phase': label, 'epoch': epoch + 1, **metrics}, int(state.step))
+    log.write({'phase': label, 'epoch': epoch + 1, **metrics}, global_step)
     if on_epoch_end:
       on_epoch_end(epoch + 1, state, metrics)
   return state, metrics
 
 
 def pruning_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
-  """Round 0 (dense warm-up), then `rounds` rounds of prune + retrain; resumes after the last saved round."""
+  """Round 0 (dense warm-up), then `rounds` rounds of prune + retrain; resumes where the last attempt stopped."""
   config = setup.config
   tx = setup.optimizer('constant', config.prune.round_epochs)
   step_fn = setup.jit_train_step(tx, aws=config.method == 'aws')
@@ -208,17 +283,25 @@ def pruning_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None
   state = setup.fresh_state(config.seed, tx) if done is None else checkpoints.restore(done, template)
   first = 0 if done is None else done + 1
   path_data = setup.path_data() if config.barrier.psi_reset else None
-  if done is not None:
+  if done is not None and first <= config.prune.rounds:
     reporting.say(f'resuming after pruning round {done} from {checkpoints.directory}')
   for round_index in range(first, config.prune.rounds + 1):
     start = time.time()
-    if round_index > 0:
-      params, mask = prune(state.params, state.mask, setup.prunable, config.prune.fraction)
-      state = setup.place(state.replace(params=params, mask=mask, opt_state=tx.init(params)), tx)
-    epochs = config.prune.warmup_epochs if round_index == 0 else config.prune.round_epochs
     label = f'round {round_index}'
+    partial = Partial(workdir, label)
+    resumed = partial.restore(template)
+    if resumed is not None:
+      state, position = resumed
+      reporting.say(f'resuming {label} at epoch {position.epoch + 1}, step {position.step}')
+    else:
+      position = None
+      if round_index > 0:
+        params, mask = prune(state.params, state.mask, setup.prunable, config.prune.fraction)
+        state = setup.place(state.replace(params=params, mask=mask, opt_state=tx.init(params)), tx)
+    epochs = config.prune.warmup_epochs if round_index == 0 else config.prune.round_epochs
     state, metrics = train_epochs(setup, step_fn, state, seed=config.seed, phase=round_index,
-                                  epochs=range(epochs), label=label, log=log)
+                                  epochs=range(position.epoch if position else 0, epochs), label=label, log=log,
+                                  resume=position, partial=partial)
     if not metrics:
       metrics = {'train_loss': float('nan'), 'train_accuracy': float('nan'), **{
           f'test_{k}': v for k, v in setup.evaluate(state).items()}}
@@ -227,10 +310,14 @@ def pruning_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None
                'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'],
                **metrics, **psi_reset, 'epochs': epochs, 'wall_s': round(time.time() - start, 2)}
     checkpoints.save(round_index, state, summary)
+    partial.discard()
     barrier_note = f'ψ-reset barrier {psi_reset["psi_reset_barrier"]:5.2f} | ' if psi_reset else ''
     reporting.say(f'round {round_index:2d} | {100 * summary["fraction_left"]:6.2f}% left | train acc '
                   f'{100 * metrics["train_accuracy"]:6.2f} | test acc {100 * metrics["test_accuracy"]:6.2f} | '
                   f'{barrier_note}{summary["wall_s"]:.1f}s')
+    signum = stop_requested(at_boundary=True)
+    if signum and round_index < config.prune.rounds:
+      raise stop(signum, f'after {label}')
   checkpoints.close()
 
 
@@ -277,12 +364,15 @@ def final_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
   prune_checkpoints.close()
   tx = setup.optimizer(config.final.schedule, config.final.epochs)
   step_fn = setup.jit_train_step(tx, aws=False)
-  for seed in config.final.seeds:
-    for mode in config.final.modes:
-      summary = final_run(setup, step_fn, tx, source, source_round, mode, seed, workdir, log)
-      reporting.say(f'final {mode:8s} from round {source_round} seed {seed} | '
-                    f'{100 * summary["fraction_left"]:6.2f}% left | test acc {100 * summary["test_accuracy"]:6.2f} | '
-                    f'{summary["wall_s"]:.1f}s')
+  runs = [(seed, mode) for seed in config.final.seeds for mode in config.final.modes]
+  for index, (seed, mode) in enumerate(runs):
+    summary = final_run(setup, step_fn, tx, source, source_round, mode, seed, workdir, log)
+    reporting.say(f'final {mode:8s} from round {source_round} seed {seed} | '
+                  f'{100 * summary["fraction_left"]:6.2f}% left | test acc {100 * summary["test_accuracy"]:6.2f} | '
+                  f'{summary["wall_s"]:.1f}s')
+    signum = stop_requested(at_boundary=True)
+    if signum and index < len(runs) - 1:
+      raise stop(signum, f'after final {mode} seed {seed}')
 
 
 def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState, source_round: int, mode: str,
@@ -290,14 +380,21 @@ def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState, sou
   """Trains one final network (or resumes it) and returns the summary saved with its last checkpoint."""
   config = setup.config
   name = f'{mode}_round{source_round}_seed{seed}'
+  label = f'final {name}'
   checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'final', name), max_to_keep=1)
   done = checkpoints.latest() or 0
   if done < config.final.epochs:
     start = time.time()
-    if done == 0:
+    template = setup.abstract_state(seed, tx)
+    partial = Partial(workdir, label)
+    resumed = partial.restore(template)
+    position = None
+    if resumed is not None and resumed[1].epoch >= done:
+      state, position = resumed
+    elif done == 0:
       state = start_final(setup, mode, source, seed, tx)
     else:
-      state = checkpoints.restore(done, setup.abstract_state(seed, tx))
+      state = checkpoints.restore(done, template)
 
     def save(epoch, state, metrics):
       if epoch % config.checkpoint_every_epochs == 0 or epoch == config.final.epochs:
@@ -306,8 +403,10 @@ def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState, sou
                    **metrics, 'epochs': epoch, 'wall_s': round(time.time() - start, 2)}
         checkpoints.save(epoch, state, summary)
 
-    train_epochs(setup, step_fn, state, seed=seed, phase=FINAL_PHASE, epochs=range(done, config.final.epochs),
-                 label=f'final {name}', log=log, on_epoch_end=save)
+    train_epochs(setup, step_fn, state, seed=seed, phase=FINAL_PHASE,
+                 epochs=range(position.epoch if position else done, config.final.epochs), label=label, log=log,
+                 on_epoch_end=save, resume=position, partial=partial)
+    partial.discard()
   summary = checkpoints.summary(checkpoints.latest())
   checkpoints.close()
   return summary
@@ -332,15 +431,18 @@ def collect_results(workdir: str, final_epochs: int) -> dict:
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses a workdir holding a run of another config unless told to overwrite; records this config."""
-  os.makedirs(workdir, exist_ok=True)
+  """Refuses a workdir holding checkpoints of another config unless told to overwrite; records this config.
+
+  A workdir whose run never completed a checkpoint holds nothing to lose: it is simply taken over.
+  """
+  workdir_lib.check_writable(workdir)
   path = os.path.join(workdir, 'config.json')
   fingerprint = config_lib.fingerprint(config)
   if os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)
     changed = [k for k in sorted(set(previous) | set(fingerprint)) if previous.get(k) != fingerprint.get(k)]
-    if changed and not config.overwrite:
+    if changed and not config.overwrite and workdir_lib.has_checkpoint(workdir):
       key = changed[0]
       raise UserError(f'{workdir} holds a run with {key}={previous.get(key)!r} (this config: '
                       f'{fingerprint.get(key)!r}); rerun with --config.overwrite=True to replace it, '
@@ -358,20 +460,27 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs the stages `config.stage` asks for in `workdir`; returns (and writes) results.json's content."""
+  """Runs the stages `config.stage` asks for in `workdir`; returns (and writes) results.json's content.
+
+  Holds the workdir's lock throughout (process 0). SIGTERM / SIGINT stop it after the current step with a checkpoint
+  written (`preemption.Stopped`); calling it again resumes.
+  """
   config_lib.validate(config)
-  prepare_workdir(config, workdir)
-  setup = make_setup(config)
-  log = reporting.MetricsLog(workdir)
-  try:
-    if config.stage in ('all', 'prune'):
-      pruning_stage(setup, workdir, log)
-      reporting.write_json(os.path.join(workdir, 'results.json'), collect_results(workdir, config.final.epochs))
-    if config.stage in ('all', 'final'):
-      final_stage(setup, workdir, log)
-  finally:
-    log.close()
-  results = collect_results(workdir, config.final.epochs)
-  reporting.write_json(os.path.join(workdir, 'results.json'), results)
+  workdir_lib.check_writable(workdir)
+  with workdir_lib.Lock(workdir) if reporting.is_main_process() else contextlib.nullcontext(), \
+      preemption.handling_signals():
+    prepare_workdir(config, workdir)
+    setup = make_setup(config)
+    log = reporting.MetricsLog(workdir)
+    try:
+      if config.stage in ('all', 'prune'):
+        pruning_stage(setup, workdir, log)
+        reporting.write_json(os.path.join(workdir, 'results.json'), collect_results(workdir, config.final.epochs))
+      if config.stage in ('all', 'final'):
+        final_stage(setup, workdir, log)
+    finally:
+      log.close()
+    results = collect_results(workdir, config.final.epochs)
+    reporting.write_json(os.path.join(workdir, 'results.json'), results)
   reporting.say(reporting.format_table(results))
   return results

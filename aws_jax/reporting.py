@@ -1,9 +1,12 @@
 """What a run writes for people: per-epoch metrics (JSONL + TensorBoard), results.json and a summary table."""
 import json
 import os
+import time
 
 import jax
 import tensorboardX
+from tensorboardX import event_file_writer
+from tensorboardX.proto import event_pb2
 
 
 def is_main_process() -> bool:
@@ -18,26 +21,63 @@ def say(message: str) -> None:
 
 
 class MetricsLog:
-  """Appends one JSON line per epoch to metrics.jsonl and the same scalars to TensorBoard event files."""
+  """One JSON line per (phase, epoch) in metrics.jsonl, and the same scalars in TensorBoard (a run per phase).
+
+  A resumed run writes again the epochs it repeats: the line of an epoch already in the file is replaced in place,
+  and each phase's event file starts with a purge at its first step, so TensorBoard hides the earlier attempt.
+  Either way, a run interrupted and resumed any number of times reads like an uninterrupted one.
+  """
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard')) if is_main_process() else None
+    self._tensorboard_dir = os.path.join(workdir, 'tensorboard')
+    self._lines = {}
+    if is_main_process() and os.path.exists(self.path):
+      with open(self.path) as f:
+        for line in f:
+          if line.strip():
+            record = json.loads(line)
+            self._lines[(record['phase'], record['epoch'])] = line.rstrip('\n')
+    self._phase, self._writer = None, None
 
-  def write(self, record: dict, global_epoch: int) -> None:
-    if not self._tensorboard:
+  def write(self, record: dict, global_step: int) -> None:
+    if not is_main_process():
       return
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-    phase = record['phase'].replace(' ', '_')  # tensorboardX would replace them, and log it each time
-    for key, value in record.items():
+    key, line = (record['phase'], record['epoch']), json.dumps(record)
+    repeated = key in self._lines
+    self._lines[key] = line
+    if repeated:
+      tmp = self.path + '.tmp'
+      with open(tmp, 'w') as f:
+        f.write(''.join(l + '\n' for l in self._lines.values()))
+      os.replace(tmp, self.path)
+    else:
+      with open(self.path, 'a') as f:
+        f.write(line + '\n')
+    events = self._events(record['phase'], global_step)
+    for name, value in record.items():
       if isinstance(value, float):
-        self._tensorboard.add_scalar(f'{phase}/{key}', value, global_epoch)
-    self._tensorboard.flush()
+        events.write_event(event_pb2.Event(wall_time=time.time(), step=global_step,
+                                           summary=tensorboardX.summary.scalar(name, value)))
+    events.flush()
+
+  def _events(self, phase: str, first_step: int) -> event_file_writer.EventsWriter:
+    """The event file of `phase` for this attempt; it opens by hiding what earlier attempts logged from `first_step`
+    on. Written synchronously (tensorboardX's SummaryWriter queues events in a thread: a kill would lose some)."""
+    if phase != self._phase:
+      self.close()
+      directory = os.path.join(self._tensorboard_dir, phase.replace(' ', '_'))
+      os.makedirs(directory, exist_ok=True)
+      self._phase = phase
+      self._writer = event_file_writer.EventsWriter(os.path.join(directory, 'events'), f'.{time.time_ns()}')
+      self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=first_step, session_log=event_pb2.SessionLog(
+          status=event_pb2.SessionLog.START)))
+    return self._writer
 
   def close(self) -> None:
-    if self._tensorboard:
-      self._tensorboard.close()
+    if self._writer:
+      self._writer.close()
+      self._phase, self._writer = None, None
 
 
 def write_json(path: str, obj) -> None:

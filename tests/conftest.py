@@ -75,3 +75,25 @@ def assert_same_values_and_gradients(reference, ours, *args, rtol=1e-4, atol=1e-
 
   for a, b in zip(*values_and_grads(*args)):
     np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def tensorboard_scalars(directory) -> dict:
+  """{(run, tag): {step: value}} as TensorBoard shows it: a session start at step s hides earlier events at >= s."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  scalars = {}
+  for run in sorted(os.listdir(directory)):
+    for name in sorted(os.listdir(os.path.join(directory, run))):  # event files sort by creation time
+      with open(os.path.join(directory, run, name), 'rb') as f:
+        while header := f.read(12):
+          event = event_pb2.Event.FromString(f.read(int.from_bytes(header[:8], 'little')))
+          f.read(4)
+          if event.HasField('session_log') and event.session_log.status == event_pb2.SessionLog.START:
+            for (r, _), values in scalars.items():
+              if r == run:
+                for step in [s for s in values if s >= event.step]:
+                  del values[step]
+          for value in event.summary.value:
+            steps = scalars.setdefault((run, value.tag), {})
+            assert event.step not in steps, (run, value.tag, event.step)  # twice, and not purged
+            steps[event.step] = value.simple_value
+  return scalars

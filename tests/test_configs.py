@@ -77,3 +77,7 @@ def test_docstring_opens_with_its_command_and_unknown_presets_fail(file):
   assert command.split(':')[1].split()[0] in module.PRESETS
   with pytest.raises(ValueError, match='unknown preset'):
     module.get_config('resnet18')
+
+
+def test_the_light_schema_names_every_model():
+  assert config_lib.MODELS == models.MODELS

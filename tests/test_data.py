@@ -2,9 +2,10 @@
 tree), ImageNet's streaming pipeline on a fake prepared imagenet2012, normalize, augment."""
 import io
 import shutil
-import time
+import socket
 import zipfile
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,14 @@ from tensorflow_datasets.proto import tf_feature_pb2
 
 from aws_jax import data
 from aws_jax.errors import UserError
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+  """Loading (or failing to load) a dataset never reaches for the network unless download=True says so."""
+  def refuse(*args, **kwargs):
+    raise AssertionError(f'a network connection was attempted: {args}')
+  monkeypatch.setattr(socket.socket, 'connect', refuse)
 
 PAD = 4
 
@@ -193,10 +202,8 @@ def test_unknown_dataset_lists_choices():
 
 @pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
 def test_missing_dataset_fails_fast_with_one_line(tmp_path, name):
-  start = time.monotonic()
   with pytest.raises(UserError) as error:
     data.load(name, data_dir=tmp_path)
-  assert time.monotonic() - start < 10
   message = str(error.value)
   assert '\n' not in message
   assert repr(name) in message and str(tmp_path) in message and 'download' in message
@@ -335,9 +342,7 @@ def test_tiny_imagenet_from_its_folder_layout_then_from_the_cache(tmp_path):
   _check_tiny_imagenet(dataset)
   assert (root / 'aws_jax_arrays.npz').is_file()
   shutil.rmtree(root / 'train')  # from now on only the cache can provide the images
-  start = time.monotonic()
   cached = data.load('tiny_imagenet', data_dir=tmp_path)
-  assert time.monotonic() - start < 2
   _check_tiny_imagenet(cached)
   np.testing.assert_array_equal(cached.train_images, dataset.train_images)
   np.testing.assert_array_equal(cached.test_images, dataset.test_images)
@@ -352,10 +357,8 @@ def test_tiny_imagenet_found_through_its_environment_variable_or_its_own_folder(
 
 
 def test_missing_tiny_imagenet_fails_fast_with_one_line(tmp_path):
-  start = time.monotonic()
   with pytest.raises(UserError) as error:
     data.load('tiny_imagenet', data_dir=tmp_path)
-  assert time.monotonic() - start < 1
   message = str(error.value)
   assert '\n' not in message and str(tmp_path / 'tiny-imagenet-200') in message
   assert 'http://cs231n.stanford.edu/tiny-imagenet-200.zip' in message and 'download=True' in message
@@ -408,9 +411,7 @@ def _epoch(dataset, **kwargs) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_imagenet_streams_from_prepared_tfds_data(fake_imagenet):
-  start = time.monotonic()
   dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
-  assert time.monotonic() - start < 2
   assert isinstance(dataset, data.StreamedDataset) and dataset.name == 'imagenet2012'
   assert dataset.num_classes == 1000 and dataset.augmentation == 'none' and dataset.image_shape == (224, 224, 3)
   assert dataset.num_train == 11 and dataset.num_test == 5
@@ -448,13 +449,16 @@ def test_imagenet_train_example_is_torchvisions_random_resized_crop_then_flip():
   assert set(flips) == {False, True}
 
 
-def test_imagenet_batches_do_not_depend_on_the_number_of_workers(fake_imagenet):
+def test_imagenet_batches_do_not_depend_on_the_number_of_workers(fake_imagenet, monkeypatch):
   dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
   in_process = _epoch(dataset, seed=3, phase=2, epoch=5)
-  start = time.monotonic()
+  asked = []
+  real_prefetch = grain.IterDataset.mp_prefetch
+  monkeypatch.setattr(grain.IterDataset, 'mp_prefetch', lambda self, options, *args, **kwargs: (
+      asked.append(options.num_workers), real_prefetch(self, options, *args, **kwargs))[1])
   in_workers = _epoch(dataset, seed=3, phase=2, epoch=5, workers=2)
   test_in_workers = list(dataset.test_batches(2, workers=2))
-  assert time.monotonic() - start < 15
+  assert asked == [2, 2]  # both splits were decoded by two worker processes
   np.testing.assert_array_equal(in_workers[0], in_process[0])
   np.testing.assert_array_equal(in_workers[1], in_process[1])
   for in_worker, here in zip(test_in_workers, dataset.test_batches(2), strict=True):
@@ -497,10 +501,8 @@ def test_imagenet_hosts_feed_their_rows_of_each_global_batch(fake_imagenet):
 
 
 def test_missing_imagenet_fails_fast_with_one_line_on_manual_download(tmp_path):
-  start = time.monotonic()
   with pytest.raises(UserError) as error:
     data.load('imagenet2012', data_dir=tmp_path, download=True)
-  assert time.monotonic() - start < 2
   message = str(error.value)
   assert '\n' not in message and str(tmp_path) in message and 'image-net.org' in message
   assert f'tfds build imagenet2012 --data_dir={tmp_path} --manual_dir=' in message

@@ -14,7 +14,7 @@ from aws_jax import config as config_lib
 from aws_jax import protocol, pruning, reporting
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
-from conftest import REPO, cli_command, run_cli, tiny_digits_config
+from conftest import REPO, cli_command, run_cli, tensorboard_scalars, tiny_digits_config
 
 
 def expected_alive(total: int, rounds: int) -> list[int]:
@@ -107,21 +107,10 @@ def test_metrics_and_tensorboard_are_written(digits_run):
             + 3 * config.final.epochs)
   assert len(records) == epochs
   assert {'phase', 'epoch', 'train_loss', 'train_accuracy', 'test_accuracy', 'test_loss'} <= set(records[0])
-  tags = _tensorboard_tags(os.path.join(workdir, 'tensorboard'))
-  assert {'round_0/test_accuracy', 'round_3/train_loss', 'final_signed_round3_seed2/train_loss'} <= tags
-
-
-def _tensorboard_tags(directory: str) -> set:
-  """The scalar tags in a directory's event files (TFRecords: length, its CRC, an Event proto, its CRC)."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
-  tags = set()
-  for name in os.listdir(directory):
-    with open(os.path.join(directory, name), 'rb') as f:
-      while header := f.read(12):
-        record = f.read(int.from_bytes(header[:8], 'little'))
-        f.read(4)
-        tags.update(value.tag for value in event_pb2.Event.FromString(record).summary.value)
-  return tags
+  scalars = tensorboard_scalars(os.path.join(workdir, 'tensorboard'))
+  assert {('round_0', 'test_accuracy'), ('round_3', 'train_loss'), ('final_signed_round3_seed2', 'train_loss')} <= set(
+      scalars)
+  assert len(scalars['round_3', 'train_loss']) == config.prune.round_epochs  # one point per epoch
 
 
 def test_final_stage_alone_reuses_the_pruning_checkpoints(digits_run, tmp_path):

@@ -41,7 +41,8 @@ np.savez(sys.argv[1], losses=losses, alphas=alphas, devices=jax.device_count(),
 
 def run_steps(tmp_path, devices: int, fsdp: int = 1) -> dict:
   out = tmp_path / f'steps_{devices}_{fsdp}.npz'
-  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+  # XLA's convolutions on both sides: one device would otherwise run oneDNN's, whose float32 sums round differently.
+  env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'AWS_JAX_ONEDNN': '0'}
   result = subprocess.run([sys.executable, '-c', STEPS_SCRIPT, str(out), str(fsdp)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

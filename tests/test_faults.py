@@ -1,0 +1,157 @@
+"""Faults a user meets: bad input answered at once on one line, kills at random moments, a full disk, a busy workdir."""
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from aws_jax import protocol, reporting
+from aws_jax import workdir as workdir_lib
+from aws_jax.checkpoints import Checkpoints
+from aws_jax.errors import UserError
+from conftest import REPO, cli_command, run_cli, tensorboard_scalars, tiny_digits_config
+from test_protocol import assert_one_line_error, without_timing
+
+# A short run (8 epochs of 22 steps) with a checkpoint every 10 steps: no ψ-reset barriers, one final start.
+FAULT_FLAGS = ('--config.prune.warmup_epochs=2', '--config.prune.rounds=2', '--config.prune.round_epochs=1',
+               '--config.barrier.psi_reset=False', '--config.final.modes=("signed",)', '--config.final.epochs=4',
+               '--config.checkpoint_every_steps=10')
+
+
+def test_bad_input_is_answered_before_jax_is_imported(tmp_path):
+  """Config, flag and workdir errors need no JAX: a stand-in `jax` that fails on import proves it is never loaded."""
+  fake = tmp_path / 'fake'
+  (fake / 'jax').mkdir(parents=True)
+  (fake / 'jax' / '__init__.py').write_text('raise ImportError("jax imported before the input was checked")\n')
+  (tmp_path / 'a_file').write_text('')
+  env = {**os.environ, 'PYTHONPATH': str(fake)}
+  cases = [(tmp_path / 'w', ['--config.prune.fraction=2'], 'between 0 and 1'),
+           (tmp_path / 'w', ['--config.nokey=1'], 'unknown config key'),
+           (tmp_path / 'w', ['--config.model=resnet7'], 'resnet7'),
+           (tmp_path / 'a_file', [], 'is a file'),
+           ('/proc/aws_jax_test/run', [], 'cannot be written')]
+  for workdir, flags, fragment in cases:
+    result = subprocess.run(cli_command(workdir, *flags), cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert_one_line_error(result, fragment)
+    assert 'jax imported' not in result.stderr
+
+
+def test_help_lists_the_config_keys_and_exits_0():
+  result = subprocess.run([sys.executable, '-m', 'aws_jax.main', '--help'], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert '--config.prune.fraction=0.2' in result.stdout
+  assert 'of the alive weights removed per round' in result.stdout
+  assert '--config.checkpoint_every_steps=0' in result.stdout
+
+
+def test_a_workdir_in_use_is_refused(tmp_path):
+  with workdir_lib.Lock(str(tmp_path)):
+    result = run_cli(tmp_path)
+    with pytest.raises(UserError, match='in use by a running aws_jax process'):
+      protocol.run(tiny_digits_config(), str(tmp_path))
+  assert_one_line_error(result, 'in use by a running aws_jax process', f'pid {os.getpid()}')
+
+
+def test_a_failed_checkpoint_write_says_so_and_keeps_the_last_one(tmp_path, monkeypatch):
+  """A full disk while saving round 1: a one-line UserError naming the intact checkpoint, and the rerun resumes."""
+  config = tiny_digits_config(**{'prune.warmup_epochs': 1, 'prune.rounds': 1, 'prune.round_epochs': 1,
+                                 'barrier.psi_reset': False, 'stage': 'prune'})
+  real_save = ocp.CheckpointManager.save
+
+  def disk_full_after_round_0(self, step, *args, **kwargs):
+    if step > 0:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', disk_full_after_round_0)
+  with pytest.raises(UserError, match='could not write checkpoint 1 .*No space left.*resumes from checkpoint 0'):
+    protocol.run(config, str(tmp_path))
+  monkeypatch.undo()
+  assert [s['round'] for s in protocol.saved_summaries(str(tmp_path / 'checkpoints' / 'prune'))] == [0]
+  results = protocol.run(config, str(tmp_path))
+  assert [r['round'] for r in results['rounds']] == [0, 1]
+
+
+def test_a_run_that_saved_nothing_can_be_rerun_with_another_config(tmp_path):
+  """The NaN message says to lower the learning rate and rerun: with no checkpoint written, that rerun is accepted."""
+  diverged = run_cli(tmp_path, '--config.optimizer.lr=1e30')
+  assert_one_line_error(diverged, 'loss became', 'lower --config.optimizer.lr')
+  config = tiny_digits_config(**{'prune.warmup_epochs': 1, 'prune.rounds': 0, 'stage': 'prune',
+                                 'barrier.psi_reset': False})
+  results = protocol.run(config, str(tmp_path))
+  assert results['rounds'][0]['test_accuracy'] > 0.5
+
+
+def test_metrics_log_keeps_one_record_per_epoch_across_attempts(tmp_path):
+  first = reporting.MetricsLog(str(tmp_path))
+  for epoch, step in ((1, 10), (2, 20), (3, 30)):
+    first.write({'phase': 'round 0', 'epoch': epoch, 'test_accuracy': epoch / 10}, step)
+  first.close()  # killed after epoch 3; the last checkpoint was at epoch 1
+  second = reporting.MetricsLog(str(tmp_path))
+  for epoch, step in ((2, 20), (3, 30), (4, 40)):
+    second.write({'phase': 'round 0', 'epoch': epoch, 'test_accuracy': epoch / 100}, step)
+  second.write({'phase': 'round 1', 'epoch': 1, 'test_accuracy': 0.5}, 50)
+  second.close()
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [(r['phase'], r['epoch'], r['test_accuracy']) for r in records] == [
+      ('round 0', 1, 0.1), ('round 0', 2, 0.02), ('round 0', 3, 0.03), ('round 0', 4, 0.04), ('round 1', 1, 0.5)]
+  assert tensorboard_scalars(tmp_path / 'tensorboard')['round_0', 'test_accuracy'] == pytest.approx(
+      {10: 0.1, 20: 0.02, 30: 0.03, 40: 0.04})
+
+
+def finished_checkpoints(workdir) -> set:
+  return {root for root, _, _ in os.walk(os.path.join(workdir, 'checkpoints')) if os.path.basename(root).isdigit()}
+
+
+def test_killed_at_random_moments_ends_like_an_uninterrupted_run(tmp_path):
+  """SIGKILL and SIGTERM, mixed, at >= 10 random moments (each after some new checkpoint), a rerun after each."""
+  reference = tmp_path / 'reference'
+  result = run_cli(reference, *FAULT_FLAGS)
+  assert result.returncode == 0, result.stderr
+  assert not [line for line in result.stderr.splitlines() if line.strip()], result.stderr  # quiet: nothing on stderr
+  workdir, rng, kills = tmp_path / 'killed', random.Random(0), 0
+  while True:
+    seen = finished_checkpoints(workdir)
+    process = subprocess.Popen(cli_command(workdir, *FAULT_FLAGS), cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    while process.poll() is None and finished_checkpoints(workdir) <= seen:
+      time.sleep(0.05)
+    time.sleep(rng.uniform(0, 1))
+    if process.poll() is not None:
+      break
+    signum = rng.choice([signal.SIGKILL, signal.SIGTERM])
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    kills += 1
+    if process.returncode == 128 + signal.SIGTERM:  # else it came before training began or after it ended
+      assert 'stopped by SIGTERM' in stderr and 'rerun the same command to resume' in stderr, stderr
+  assert process.returncode == 0, process.stderr.read()
+  assert kills >= 10
+  read = lambda run, name: (run / name).read_text()
+  assert without_timing(json.loads(read(workdir, 'results.json'))) == without_timing(
+      json.loads(read(reference, 'results.json')))
+  assert read(workdir, 'metrics.jsonl') == read(reference, 'metrics.jsonl')
+  assert tensorboard_scalars(workdir / 'tensorboard') == tensorboard_scalars(reference / 'tensorboard')
+  for run in (reference, workdir):
+    assert not os.listdir(run / 'checkpoints' / 'partial')  # every phase finished: nothing left half-way
+  signs = [restored_signs(run) for run in (reference, workdir)]
+  jax.tree.map(np.testing.assert_array_equal, *signs)
+
+
+def restored_signs(workdir) -> list:
+  """The signed masks of every pruning round saved in `workdir`."""
+  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
+  signs = [checkpoints._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state'][
+      'signs'] for step in checkpoints.steps()]
+  checkpoints.close()
+  return signs
