@@ -4,9 +4,9 @@ The suite times aws_jax's jitted train step (masked kernels, AWS interpolation, 
 random data: compile time separately, then the median over `--steps` steps; achieved GFLOP/s (XLA's FLOP count of
 the model's work) against the peak of a large jitted float32 matmul on the same machine; the cost of AWS
 interpolation and of masking; the number of compilations over a pruning stage; an 11-point error barrier's wall
-time. With `--torch`, ../shared/bench/torch_reference.py (the authors' way of training) runs the same step
-alternately in the same invocation, and the ratio aws_jax / PyTorch is printed. `--smoke` shrinks everything to
-seconds (CI runs it).
+time. With `--torch`, benchmarks/torch_baseline.py (PyTorch, trained the authors' way; `pip install -e ".[torch]"`)
+runs the same step alternately in the same invocation, and the ratio aws_jax / PyTorch is printed. `--smoke` shrinks
+everything to seconds (CI runs it).
 """
 import functools
 import json
@@ -33,14 +33,14 @@ _CLASSES = flags.DEFINE_integer('classes', 10, 'Classes for --only=step.')
 _SPARSITY = flags.DEFINE_float('sparsity', 0.0, 'Fraction of prunable weights masked, for --only=step.')
 _AWS = flags.DEFINE_boolean('aws', True, 'AWS interpolation in the step, for --only=step.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps after compilation.')
-_TORCH = flags.DEFINE_boolean('torch', False, 'Also time ../shared/bench/torch_reference.py, alternating.')
+_TORCH = flags.DEFINE_boolean('torch', False, 'Also time the PyTorch baseline (--torch_script), alternating.')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Alternations of aws_jax and PyTorch runs with --torch.')
 _SMOKE = flags.DEFINE_boolean('smoke', False, 'Tiny sizes and few steps: checks the benchmark runs, times nothing.')
 _TORCH_SCRIPT = flags.DEFINE_string(
-    'torch_script', os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'bench', 'torch_reference.py'),
-    'Path of the PyTorch reference script.')
+    'torch_script', os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'torch_baseline.py'),
+    'Path of the PyTorch baseline script (needs torch: pip install -e ".[torch]").')
 
-# (model, batch, classes, sparsity) of the suite's step timings: METHOD.md's CIFAR settings.
+# (model, batch, classes, sparsity) of the suite's step timings: docs/method.md's CIFAR settings.
 SUITE = (('resnet20', 128, 10, 0.0), ('resnet20', 128, 10, 0.9), ('vgg16', 128, 10, 0.0), ('vgg16', 128, 10, 0.9),
          ('resnet50', 64, 100, 0.0))
 SMOKE_SUITE = (('resnet20', 8, 10, 0.5),)

@@ -5,7 +5,7 @@ Command:
   (presets: resnet50, mobilenetv2, efficientnet_b0, shufflenet; plain LRR: --config.method=lrr)
 
 Needs CIFAR-100 prepared for tensorflow-datasets (see README, "Datasets"); --config.download=True fetches it.
-Protocol (METHOD.md, CIFAR-100 row): SGD momentum 0.9, lr 0.1 (MobileNetV2 0.05), weight decay 5e-4, batch 128;
+Protocol (docs/method.md, CIFAR-100 row): SGD momentum 0.9, lr 0.1 (MobileNetV2 0.05), weight decay 5e-4, batch 128;
 10 dense warm-up epochs, 15 rounds of 20 % global magnitude pruning + 10 epochs at the constant lr (3.52 % of the
 prunable weights left), then 100-epoch final trainings (lr ÷10 at 50 % and 75 %) from the last round, for the three
 starts and seeds 2 and 3: 760 epochs in all. Expected runtime on one H100, an estimate (not measured): ResNet-50

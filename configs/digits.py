@@ -6,15 +6,19 @@ Command:
 Runs a dense warm-up, 8 AWS pruning rounds (16.8 % of the conv weights left), then final trainings from the
 signed mask, the mask alone, and the trained weights. Expected (2-core CPU): dense ≈ 97–99 % test accuracy, and the
 signed-mask transfer within a couple of points of it. `:lrr` gives the same run without AWS interpolation.
+
+`:study` is a quick study (AWS and LRR, three starts and dense, 3 seeds; a few minutes on 2 CPU cores):
+  python -m aws_jax.study --config=configs/digits.py:study --workdir=runs/digits_study
 """
 from aws_jax.config import base_config
 
 
-def get_config(method: str = 'aws'):
+def get_config(preset: str = 'aws'):
+  """PRESET: the method ('aws', 'lrr', ...) of one run, or 'study' (the grid of `python -m aws_jax.study`)."""
   config = base_config()
   config.dataset = 'digits'
   config.model = 'small_cnn'        # 4 convs (32, 32, 64, 64) with BatchNorm, max-pools, a dense classifier
-  config.method = method            # 'aws' or 'lrr' (configs/digits.py:lrr)
+  config.method = 'aws' if preset == 'study' else preset  # 'aws' or 'lrr' (configs/digits.py:lrr)
   config.batch_size = 64
   config.eval_batch_size = 360      # the whole test split at once
   config.optimizer.lr = 0.05
@@ -24,4 +28,10 @@ def get_config(method: str = 'aws'):
   config.final.epochs = 20
   config.final.seeds = (2,)
   config.checkpoint_every_epochs = 5
+  if preset == 'study':
+    config.final.epochs = 10
+    config.checkpoint_every_epochs = 10
+    config.study.methods = ('aws', 'lrr')
+    config.study.starts = ('signed', 'mask', 'random_signs', 'dense')
+    config.study.seeds = (2, 3, 4)
   return config

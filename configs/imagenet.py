@@ -5,7 +5,7 @@ Command:
   (presets: resnet50, mobilenetv2, mixer; plain LRR: --config.method=lrr)
 
 The ImageNet-stem networks at 224 px (train: random resized crop 224 and flip; test: resize 256, centre crop 224).
-Protocol (METHOD.md, ImageNet rows): 20 dense warm-up epochs, 10 rounds of 20 % pruning + 5 epochs at the constant
+Protocol (docs/method.md, ImageNet rows): 20 dense warm-up epochs, 10 rounds of 20 % pruning + 5 epochs at the constant
 lr (10.74 % of the prunable weights left), then 100-epoch final trainings (cosine down to lr·1e-3) for the three
 starts and seeds 2 and 3: 670 epochs in all. Optimizers: ResNet-50 Adam lr 1e-3, L2 weight decay 1e-5, batch 256;
 Mixer Adam lr 1e-3, weight decay 5e-5, batch 512; MobileNetV2 SGD momentum 0.9, lr 0.05, weight decay 5e-5,

@@ -5,7 +5,7 @@ Command:
   (other depths: --config.model=vgg11|vgg13|vgg19; CIFAR-100: --config.dataset=cifar100; plain LRR: :lrr)
 
 Needs CIFAR-10 prepared for tensorflow-datasets (see README, "Datasets"); --config.download=True fetches it.
-Protocol (METHOD.md, CIFAR row): 10 dense warm-up epochs, 15 rounds of 20 % global magnitude pruning + 10 epochs
+Protocol (docs/method.md, CIFAR row): 10 dense warm-up epochs, 15 rounds of 20 % global magnitude pruning + 10 epochs
 at the constant lr 0.1 (3.52 % of the conv weights left), then 100-epoch final trainings (lr ÷10 at 50 % and 75 %)
 from the last round with seeds 2 and 3. 760 epochs in all; on one modern GPU expect a few hours (not yet measured
 with this code). Expected dense accuracy of VGG-16-BN on CIFAR-10 ≈ 93–94 %; the paper's claim is that the AWS

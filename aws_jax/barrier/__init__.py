@@ -3,7 +3,7 @@
 θ(α) = α·θ_a + (1 − α)·θ_b over every parameter (normalization layers included), for α = 0, …, 1. Before θ(α) is
 evaluated its BatchNorm statistics are estimated afresh in training mode, as the average over training batches
 (PyTorch's `reset_running_stats` with `momentum=None`). The curve is error(α) − (error(0) + error(1)) / 2 and the
-error barrier its maximum (METHOD.md, "Analysis"). All points of a path are one jitted computation, vmapped over
+error barrier its maximum (docs/method.md, "Analysis"). All points of a path are one jitted computation, vmapped over
 chunks of α (all of them on an accelerator, halved if memory runs out; one at a time on CPU, see `default_chunk`).
 
 `python -m aws_jax.barrier` is the command line over `compare` (see its --help).
@@ -266,7 +266,7 @@ def compare(setup, workdir: str, *, preset: str | None = None, a: str | None = N
   """The error curve between checkpoints `a` and `b`, or a preset's, JSON-ready, with a file name and a label.
 
   `setup` is a protocol.Setup of the config that trained them; `config.barrier` sets the points, BatchNorm
-  batches and chunk. Presets (METHOD.md, "Analysis"): 'lmc', signed-mask transfer vs. retrained network of one
+  batches and chunk. Presets (docs/method.md, "Analysis"): 'lmc', signed-mask transfer vs. retrained network of one
   source round and seed; 'sgd_noise', signed-mask transfers of two seeds; 'psi_reset', a pruning round's solution
   vs. itself with ψ reset to its initial value. `round_index` -1: the config's source round ('lmc', 'sgd_noise')
   or the last saved round ('psi_reset'); `seeds` default to config.final.seeds.
