@@ -308,3 +308,295 @@ def test_sparsity_summary():
   assert summary == {'alive': 10, 'total': 15, 'fraction_left': 10 / 15,
                      'layers': {'Conv_0/kernel': [3, 6], 'Dense_0/kernel': [7, 9]}}
   assert isinstance(summary['alive'], int) and isinstance(summary['layers']['Conv_0/kernel'][0], int)
+
+
+# Layerwise magnitude pruning and pruning by any score.
+
+
+def test_prune_layerwise_takes_the_fraction_from_every_leaf():
+  # Conv: 6 alive -> round(1.2) = 1 goes (0.40); Dense: 9 alive -> round(1.8) = 2 go (0.01, 0.03). The global rule
+  # takes 0.01, 0.03 and 0.05 instead, all in Dense.
+  layerwise = pruning.prune_layerwise_magnitude(tiny_params(), ones_mask(), PRUNABLE, 0.2)
+  chex.assert_trees_all_equal(
+      layerwise, with_masks([[T, T, F], [T, T, T]], [[T, T, T], [F, T, T], [F, T, T]]), strict=True)
+  global_ = pruning.prune_global_magnitude(tiny_params(), ones_mask(), PRUNABLE, 0.2)
+  chex.assert_trees_all_equal(
+      global_, with_masks([[T, T, T], [T, T, T]], [[T, F, T], [F, T, T], [F, T, T]]), strict=True)
+
+
+def test_prune_layerwise_rounds_half_up_per_leaf():
+  # Conv: round(0.25 * 6 = 1.5) = 2 go (0.40, 0.42); Dense: round(2.25) = 2 (0.01, 0.03).
+  layerwise = pruning.prune_layerwise_magnitude(tiny_params(), ones_mask(), PRUNABLE, 0.25)
+  chex.assert_trees_all_equal(
+      layerwise, with_masks([[T, T, F], [T, T, F]], [[T, T, T], [F, T, T], [F, T, T]]), strict=True)
+  # Globally round(0.25 * 15 = 3.75) = 4 go: 0.01, 0.03, 0.05, 0.20.
+  global_ = pruning.prune_global_magnitude(tiny_params(), ones_mask(), PRUNABLE, 0.25)
+  chex.assert_trees_all_equal(
+      global_, with_masks([[T, T, T], [T, T, T]], [[T, F, T], [F, T, F], [F, T, T]]), strict=True)
+
+
+def test_prune_layerwise_counts_only_alive_weights_of_the_leaf():
+  mask = with_masks([[F, F, T], [F, T, T]], [[F, T, T], [T, F, T], [T, F, T]])  # Kills 0.50, 0.45, 0.60; 0.9, 0.7, 0.8.
+  # Conv: 3 alive -> round(0.75) = 1 goes (0.40; counting the 6 would give round(1.5) = 2). Dense: 6 alive ->
+  # round(1.5) = 2 go (0.01, 0.03). The dead large weights are not revived.
+  new = pruning.prune_layerwise_magnitude(tiny_params(), mask, PRUNABLE, 0.25)
+  chex.assert_trees_all_equal(
+      new, with_masks([[F, F, F], [F, T, T]], [[F, T, T], [F, F, T], [F, F, T]]), strict=True)
+
+
+def test_prune_layerwise_breaks_ties_by_position_within_each_leaf():
+  params = tiny_params()
+  params['Conv_0']['kernel'] = f32([[1.0, -1.0, 1.0], [-1.0, 1.0, 1.0]])
+  params['Dense_0']['kernel'] = f32([[-1.0, 1.0, 1.0], [1.0, 1.0, -1.0], [1.0, 1.0, 1.0]])
+  new = pruning.prune_layerwise_magnitude(params, ones_mask(), PRUNABLE, 0.2)
+  chex.assert_trees_all_equal(
+      new, with_masks([[F, T, T], [T, T, T]], [[F, F, T], [T, T, T], [T, T, T]]), strict=True)
+
+
+def test_prune_layerwise_repeated_rounds_under_jit_keep_non_prunable_masks():
+  prune = jax.jit(lambda p, m: pruning.prune_layerwise_magnitude(p, m, PRUNABLE, 0.2))
+  mask = jax.tree.map(jnp.asarray, ones_mask())
+  mask['classifier']['kernel'] = jnp.array([[T, F], [T, T], [F, T]])
+  params = jax.tree.map(jnp.asarray, tiny_params())
+  conv, dense = [6], [9]
+  for _ in range(5):
+    mask = prune(params, mask)
+    layers = pruning.sparsity_summary(mask, PRUNABLE)['layers']
+    conv.append(layers['Conv_0/kernel'][0])
+    dense.append(layers['Dense_0/kernel'][0])
+  # Conv: round(1.2), round(1.0), round(0.8), round(0.6) = 1, then round(0.4) = 0. Dense: round(1.8) = 2, then 1s.
+  assert conv == [6, 5, 4, 3, 2, 2]
+  assert dense == [9, 7, 6, 5, 4, 3]
+  assert prune._cache_size() == 1  # pylint: disable=protected-access
+  chex.assert_trees_all_equal(
+      (mask['BatchNorm_0'], mask['Dense_0']['bias'], mask['classifier']),
+      ({'scale': np.ones(2, bool), 'bias': np.ones(2, bool)}, np.ones(3, bool),
+       {'kernel': np.array([[T, F], [T, T], [F, T]]), 'bias': np.ones(2, bool)}),
+      strict=True)
+
+
+def test_prune_by_score_removes_lowest_scores_and_checks_scope():
+  scores = jax.tree.map(lambda p: -np.abs(p), tiny_params())  # The largest |w| go first.
+  # Conv: 1 goes (0.60); Dense: 2 go (0.90, 0.80).
+  new = pruning.prune_by_score(scores, ones_mask(), PRUNABLE, 0.2, 'layerwise')
+  chex.assert_trees_all_equal(
+      new, with_masks([[T, T, T], [F, T, T]], [[F, T, T], [T, T, T], [T, F, T]]), strict=True)
+  # Globally 3 go: 0.90, 0.80, 0.70.
+  new = pruning.prune_by_score(scores, ones_mask(), PRUNABLE, 0.2)
+  chex.assert_trees_all_equal(
+      new, with_masks([[T, T, T], [T, T, T]], [[F, T, T], [T, F, T], [T, F, T]]), strict=True)
+  with pytest.raises(ValueError, match='scope'):
+    pruning.prune_by_score(scores, ones_mask(), PRUNABLE, 0.2, 'per-layer')
+
+
+# Random pruning.
+
+
+def medium_mask():
+  """A mask of `medium_params`: Conv 250 of 500 alive, Dense 375 of 500, part of the classifier dead."""
+  rng = np.random.default_rng(1)
+  conv = np.zeros(500, bool)
+  conv[rng.permutation(500)[:250]] = True
+  dense = np.zeros(500, bool)
+  dense[rng.permutation(500)[:375]] = True
+  return {'Conv_0': {'kernel': conv.reshape(10, 10, 1, 5)},
+          'BatchNorm_0': {'scale': np.ones(5, bool), 'bias': np.ones(5, bool)},
+          'Dense_0': {'kernel': dense.reshape(25, 20), 'bias': np.ones(20, bool)},
+          'classifier': {'kernel': np.arange(60).reshape(20, 3) % 2 == 0, 'bias': np.ones(3, bool)}}
+
+
+MEDIUM_PRUNABLE = {'Conv_0': {'kernel': T}, 'BatchNorm_0': {'scale': F, 'bias': F},
+                   'Dense_0': {'kernel': T, 'bias': F}, 'classifier': {'kernel': F, 'bias': F}}
+
+
+def assert_only_prunable_alive_removed(new, old, prunable=MEDIUM_PRUNABLE):
+  for n, o, rule in zip(jax.tree.leaves(new), jax.tree.leaves(old), jax.tree.leaves(prunable)):
+    n, o = np.asarray(n), np.asarray(o)
+    assert n.dtype == bool and n.shape == o.shape
+    if rule:
+      assert not np.any(n & ~o)  # Nothing revived.
+    else:
+      np.testing.assert_array_equal(n, o)
+
+
+def test_prune_random_global_removes_exactly_the_count():
+  old = jax.tree.map(jnp.asarray, medium_mask())
+  prune = jax.jit(lambda k, m: pruning.prune_random(k, m, MEDIUM_PRUNABLE, 0.2))
+  first = prune(jax.random.key(0), old)
+  # 625 alive -> round(125.0) = 125 go, 500 stay; the losses fall on both leaves.
+  assert alive(first, MEDIUM_PRUNABLE) == 500
+  assert_only_prunable_alive_removed(first, old)
+  layers = pruning.sparsity_summary(first, MEDIUM_PRUNABLE)['layers']
+  assert layers['Conv_0/kernel'][0] < 250 and layers['Dense_0/kernel'][0] < 375
+  # 500 alive -> 100 go.
+  second = prune(jax.random.key(1), first)
+  assert alive(second, MEDIUM_PRUNABLE) == 400
+  assert_only_prunable_alive_removed(second, first)
+  chex.assert_trees_all_equal(prune(jax.random.key(0), old), first, strict=True)  # Same key, same mask.
+  other = prune(jax.random.key(2), old)
+  assert alive(other, MEDIUM_PRUNABLE) == 500
+  assert not np.array_equal(other['Conv_0']['kernel'], first['Conv_0']['kernel'])
+  assert not np.array_equal(other['Dense_0']['kernel'], first['Dense_0']['kernel'])
+  assert prune._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_prune_random_layerwise_keeps_per_leaf_counts():
+  old = medium_mask()
+  prune = jax.jit(lambda k, m: pruning.prune_random(k, m, MEDIUM_PRUNABLE, 0.3, scope='layerwise'))
+  masks = [prune(k, old) for k in jax.random.split(jax.random.key(0), 3)]
+  for new in masks:
+    # Conv: 250 - round(75.0) = 175; Dense: 375 - round(112.5) = 375 - 113 = 262.
+    layers = pruning.sparsity_summary(new, MEDIUM_PRUNABLE)['layers']
+    assert layers == {'Conv_0/kernel': [175, 500], 'Dense_0/kernel': [262, 500]}
+    assert_only_prunable_alive_removed(new, old)
+  assert not np.array_equal(masks[0]['Conv_0']['kernel'], masks[1]['Conv_0']['kernel'])
+  assert not np.array_equal(masks[1]['Dense_0']['kernel'], masks[2]['Dense_0']['kernel'])
+
+
+def test_prune_random_hand_counts_on_the_tiny_tree():
+  mask = with_masks([[F, F, T], [F, T, F]], [[T, T, T], [T, T, T], [T, T, T]])
+  for key in jax.random.split(jax.random.key(3), 4):
+    # Layerwise: Conv round(0.25 * 2 = 0.5) = 1 goes, Dense round(2.25) = 2. Globally round(0.25 * 11) = 3.
+    layerwise = pruning.prune_random(key, mask, PRUNABLE, 0.25, 'layerwise')
+    assert pruning.sparsity_summary(layerwise, PRUNABLE)['layers'] == {'Conv_0/kernel': [1, 6],
+                                                                        'Dense_0/kernel': [7, 9]}
+    assert not np.any(np.asarray(layerwise['Conv_0']['kernel']) & ~mask['Conv_0']['kernel'])
+    assert alive(pruning.prune_random(key, mask, PRUNABLE, 0.25)) == 8
+
+
+def test_prune_random_is_uniform_over_alive_weights():
+  keys = jax.random.split(jax.random.key(0), 4000)
+  for scope, conv, dense in (('global', 0.2, 0.2), ('layerwise', 1 / 6, 2 / 9)):
+    masks = jax.jit(lambda ks: jax.lax.map(lambda k: pruning.prune_random(k, ones_mask(), PRUNABLE, 0.2, scope), ks))(
+        keys)
+    removed_conv = 1 - np.mean(masks['Conv_0']['kernel'], axis=0)
+    removed_dense = 1 - np.mean(masks['Dense_0']['kernel'], axis=0)
+    # Each of the 4000 masks loses exactly 3 weights; each weight goes with the same chance, whatever its |w|.
+    np.testing.assert_array_equal(
+        masks['Conv_0']['kernel'].sum((1, 2)) + masks['Dense_0']['kernel'].sum((1, 2)), np.full(4000, 12))
+    np.testing.assert_allclose(removed_conv, np.full((2, 3), conv), atol=0.04)
+    np.testing.assert_allclose(removed_dense, np.full((3, 3), dense), atol=0.04)
+
+
+# Controls: random signs and random masks.
+
+NOT_NORM = jax.tree.map(lambda n: not n, IS_NORM)
+
+
+def test_random_signs_keeps_zeros_and_norm_leaves():
+  mask = with_masks([[T, F, T], [F, T, F]], [[F, T, T], [T, T, T], [T, T, F]])
+  signed = pruning.signs(tiny_params(), mask)
+  randomise = jax.jit(lambda k, s: pruning.random_signs(k, s, IS_NORM))
+  result = randomise(jax.random.key(0), signed)
+  for r, s in zip(jax.tree.leaves(result), jax.tree.leaves(signed)):
+    r, s = np.asarray(r), np.asarray(s)
+    assert r.dtype == np.int8 and r.shape == s.shape
+    np.testing.assert_array_equal(r != 0, s != 0)
+    assert set(np.unique(r)) <= {-1, 0, 1}
+  chex.assert_trees_all_equal(result['BatchNorm_0'], signed['BatchNorm_0'], strict=True)
+  chex.assert_trees_all_equal(randomise(jax.random.key(0), signed), result, strict=True)
+
+
+def test_random_signs_are_balanced_in_every_sign_carrying_leaf():
+  rng = np.random.default_rng(0)
+  positive = lambda *shape: np.abs(rng.normal(size=shape)).astype(F32) + 0.1
+  params = {'Dense_0': {'kernel': positive(100, 100), 'bias': positive(100)},
+            'BatchNorm_0': {'scale': positive(100), 'bias': positive(100)},
+            'classifier': {'kernel': positive(100, 10), 'bias': positive(10)}}
+  is_norm = pruning.norm_leaves(params)
+  mask = jax.tree.map(lambda p: np.ones(p.shape, bool), params)
+  mask['Dense_0']['kernel'] = rng.random((100, 100)) < 0.75
+  signed = jax.tree.map(lambda m: m.astype(np.int8), mask)  # pruning.signs(params, mask): all +1 where alive.
+  randomise = jax.jit(lambda k, s: pruning.random_signs(k, s, is_norm))
+  first, second = randomise(jax.random.key(0), signed), randomise(jax.random.key(1), signed)
+  kernel = np.asarray(first['Dense_0']['kernel'])
+  np.testing.assert_array_equal(kernel != 0, np.asarray(mask['Dense_0']['kernel']))
+  assert 0.45 < np.mean(kernel[kernel != 0] == -1) < 0.55  # About 7,500 alive: half flipped.
+  assert 0.4 < np.mean(np.asarray(first['classifier']['kernel']) == -1) < 0.6
+  for path in (('Dense_0', 'bias'), ('classifier', 'bias')):  # Biases and the classifier take random signs too.
+    leaf = np.asarray(first[path[0]][path[1]])
+    assert np.any(leaf == -1) and np.any(leaf == 1)
+  np.testing.assert_array_equal(first['BatchNorm_0']['scale'], np.ones(100, np.int8))
+  assert not np.array_equal(first['Dense_0']['kernel'], second['Dense_0']['kernel'])
+  assert 0.45 < pruning.sign_flips(signed, first, jax.tree.map(lambda n: not n, is_norm))['overall'] < 0.55
+
+
+def test_random_mask_like_keeps_per_leaf_counts():
+  old = medium_mask()
+  draw = jax.jit(lambda k, m: pruning.random_mask_like(k, m, MEDIUM_PRUNABLE))
+  first, second = draw(jax.random.key(0), old), draw(jax.random.key(1), old)
+  for new in (first, second):
+    assert pruning.sparsity_summary(new, MEDIUM_PRUNABLE)['layers'] == {'Conv_0/kernel': [250, 500],
+                                                                        'Dense_0/kernel': [375, 500]}
+    for n, o, rule in zip(jax.tree.leaves(new), jax.tree.leaves(old), jax.tree.leaves(MEDIUM_PRUNABLE)):
+      assert n.dtype == bool and n.shape == o.shape
+      if rule:
+        assert not np.array_equal(n, o)
+      else:
+        assert np.all(n)  # The partly dead classifier mask comes back all True: never pruned.
+  assert not np.array_equal(first['Conv_0']['kernel'], second['Conv_0']['kernel'])
+  chex.assert_trees_all_equal(draw(jax.random.key(0), old), first, strict=True)
+  assert draw._cache_size() == 1  # pylint: disable=protected-access
+
+
+def test_random_mask_like_is_uniform():
+  mask = with_masks([[T, T, T], [F, F, F]], [[T, T, T], [T, T, F], [F, F, F]])
+  masks = jax.jit(lambda ks: jax.lax.map(lambda k: pruning.random_mask_like(k, mask, PRUNABLE), ks))(
+      jax.random.split(jax.random.key(0), 4000))  # lax.map: a vmapped threefry takes seconds to compile on CPU.
+  np.testing.assert_array_equal(masks['Conv_0']['kernel'].sum((1, 2)), np.full(4000, 3))
+  np.testing.assert_array_equal(masks['Dense_0']['kernel'].sum((1, 2)), np.full(4000, 5))
+  np.testing.assert_allclose(np.mean(masks['Conv_0']['kernel'], axis=0), np.full((2, 3), 0.5), atol=0.04)
+  np.testing.assert_allclose(np.mean(masks['Dense_0']['kernel'], axis=0), np.full((3, 3), 5 / 9), atol=0.04)
+
+
+# Sign analytics.
+
+
+def flipped_params():
+  """`tiny_params` after some training: see the comments of the sign tests."""
+  params = jax.tree.map(np.negative, tiny_params())  # Norm and classifier signs all flip (0.0 -> -0.0 stays +).
+  params['Conv_0']['kernel'] = f32([[-0.10, -0.30, 0.0], [0.20, 0.55, 0.0]])
+  params['Dense_0'] = {'kernel': f32([[0.80, 0.05, -0.30], [0.01, 0.60, -0.10], [-0.03, -0.70, 0.40]]),
+                       'bias': f32([-0.001, -0.5, -0.002])}
+  return params
+
+
+SIGN_MASK_CONV = [[T, T, T], [F, T, T]]
+SIGN_MASK_DENSE = [[T, F, T], [F, T, T], [F, T, T]]
+
+
+def test_sign_changes_over_alive_prunable_weights():
+  mask = with_masks(SIGN_MASK_CONV, SIGN_MASK_DENSE)
+  # Conv, alive: + -> - flips, - -> - no, + -> alive zero (+) no, + -> + no, - -> alive zero (+) flips: 2 / 5. The
+  # dead [1, 0] (- -> +) does not count. Dense, alive: only 0.30 -> -0.30 flips: 1 / 6; its three dead weights all
+  # flip but do not count. Norm, biases and classifier are not prunable.
+  summary = pruning.sign_changes(tiny_params(), flipped_params(), mask, PRUNABLE)
+  assert summary == {'overall': 3 / 11, 'layers': {'Conv_0/kernel': 2 / 5, 'Dense_0/kernel': 1 / 6}}
+  same = pruning.sign_changes(tiny_params(), tiny_params(), mask, PRUNABLE)
+  assert same == {'overall': 0.0, 'layers': {'Conv_0/kernel': 0.0, 'Dense_0/kernel': 0.0}}
+
+
+def test_sign_flips_of_inherited_signs_over_every_sign_carrying_leaf():
+  mask = with_masks(SIGN_MASK_CONV, SIGN_MASK_DENSE)
+  signed = pruning.signs(tiny_params(), mask)
+  # Dense bias [+, + (alive zero), -] -> [-, -, -]: 2 / 3. Classifier kernel [[+, -], [+, + (zero)], [-, +]] is
+  # negated: all flip but the zero, which becomes -0.0, still +: 5 / 6. Classifier bias [+ (zero), -] -> [+, +]:
+  # 1 / 2. Overall (2 + 1 + 2 + 5 + 1) / (5 + 6 + 3 + 6 + 2) = 11 / 22. BatchNorm (all but one flip) is left out.
+  summary = pruning.sign_flips(signed, flipped_params(), NOT_NORM)
+  assert summary == {'overall': 0.5, 'layers': {'Conv_0/kernel': 2 / 5, 'Dense_0/kernel': 1 / 6,
+                                                'Dense_0/bias': 2 / 3, 'classifier/kernel': 5 / 6,
+                                                'classifier/bias': 1 / 2}}
+  assert pruning.sign_flips(signed, flipped_params(), PRUNABLE) == pruning.sign_changes(
+      tiny_params(), flipped_params(), mask, PRUNABLE)
+
+
+def test_sign_flip_fraction_under_jit():
+  mask = with_masks(SIGN_MASK_CONV, SIGN_MASK_DENSE)
+  signed = jax.tree.map(jnp.asarray, pruning.signs(tiny_params(), mask))
+  params = jax.tree.map(jnp.asarray, flipped_params())
+  inherited = jax.jit(lambda s, p: pruning.sign_flip_fraction(s, p, NOT_NORM))(signed, params)
+  assert inherited.dtype == jnp.float32 and inherited.shape == ()
+  assert float(inherited) == 0.5
+  changed = jax.jit(lambda s, p: pruning.sign_flip_fraction(s, p, PRUNABLE))(signed, params)
+  assert float(changed) == pytest.approx(3 / 11, rel=1e-6)
+  assert float(pruning.sign_flip_fraction(signed, jax.tree.map(jnp.asarray, tiny_params()), NOT_NORM)) == 0.0
