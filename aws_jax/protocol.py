@@ -5,6 +5,7 @@ checkpointed; rerunning the same command continues from the last complete checkp
 """
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -29,6 +30,7 @@ from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 
 FINAL_PHASE = 1_000_000  # data-order phase of final trainings (pruning rounds use their round number)
+START_KEY = 7  # folded into a final training's seed for the random draws of its start (random signs or mask)
 WORKDIR_FILES = ('checkpoints', 'tensorboard', 'metrics.jsonl', 'results.json', 'config.json')  # what a run writes
 
 
@@ -140,6 +142,23 @@ class Setup:
                                    rows, self.put_rows(valid)))
     loss, correct = np.sum(np.asarray(jax.device_get(totals)), axis=0)
     return {'loss': float(loss / self.dataset.num_test), 'accuracy': float(correct / self.dataset.num_test)}
+
+  def recalibrator(self) -> Callable[[train.TrainState], dict]:
+    """`recalibrate(state)`: test loss and accuracy with BatchNorm statistics re-estimated at α = 0 on training
+    batches (`barrier.bn_batches` of them; one epoch if 0). Under AWS the running statistics were gathered under
+    random α and can mislead; this measures the network that is evaluated and transferred."""
+    count = self.config.barrier.bn_batches or -1
+    batches = sharding.put(barrier.bn_batch_indices(self.dataset.num_train, self.config.batch_size, count),
+                           sharding.replicated(self.mesh))
+    reestimate = jax.jit(functools.partial(barrier.reestimate_batch_stats, self.model),
+                         compiler_options=conv.compiler_options())
+
+    def recalibrate(state: train.TrainState) -> dict:
+      batch_stats = reestimate(state.params, state.batch_stats, self.train_images, batches, self.dataset.mean,
+                               self.dataset.std)
+      return self.evaluate(state.replace(batch_stats=batch_stats))
+
+    return recalibrate
 
   def path_data(self) -> barrier.PathData:
     """What error barriers are measured on, as `config.barrier` says."""
@@ -273,52 +292,115 @@ def train_epochs(setup: Setup, step_fn: Callable, state: train.TrainState, *, se
 
 
 def pruning_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
-  """Round 0 (dense warm-up), then `rounds` rounds of prune + retrain; resumes where the last attempt stopped."""
+  """Round 0 (dense warm-up), then the method's rounds of prune (+ rewind) + train; resumes where it stopped."""
   config = setup.config
+  recipe = config_lib.recipe(config.method)
   tx = setup.optimizer('constant', config.prune.round_epochs)
-  step_fn = setup.jit_train_step(tx, aws=config.method == 'aws')
+  step_fn = setup.jit_train_step(tx, aws=recipe.interpolate)
   checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
   template = setup.abstract_state(config.seed, tx)
   done = checkpoints.latest()
   state = setup.fresh_state(config.seed, tx) if done is None else checkpoints.restore(done, template)
-  first = 0 if done is None else done + 1
+  first, last = (0 if done is None else done + 1), config_lib.last_round(config)
   path_data = setup.path_data() if config.barrier.psi_reset else None
-  if done is not None and first <= config.prune.rounds:
+  recalibrate = None if setup.streamed else setup.recalibrator()
+  rewind = Checkpoints(os.path.join(workdir, 'checkpoints', 'rewind')) if recipe.rewind == 'warmup' else None
+  if done is not None and first <= last:
     reporting.say(f'resuming after pruning round {done} from {checkpoints.directory}')
-  for round_index in range(first, config.prune.rounds + 1):
+  for round_index in range(first, last + 1):
     start = time.time()
     label = f'round {round_index}'
     partial = Partial(workdir, label)
     resumed = partial.restore(template)
     if resumed is not None:
+      previous = state if round_index == 0 else checkpoints.restore(round_index - 1, template)
+      previous_signs = pruning.signs(previous.params, previous.mask)
       state, position = resumed
       reporting.say(f'resuming {label} at epoch {position.epoch + 1}, step {position.step}')
     else:
-      position = None
+      previous_signs, position = pruning.signs(state.params, state.mask), None
       if round_index > 0:
-        params, mask = prune(state.params, state.mask, setup.prunable, config.prune.fraction)
-        state = setup.place(state.replace(params=params, mask=mask, opt_state=tx.init(params)), tx)
-    epochs = config.prune.warmup_epochs if round_index == 0 else config.prune.round_epochs
+        state = prune_and_rewind(setup, state, round_index, tx, rewind_target(setup, recipe, rewind, template))
+    epochs = config_lib.round_epochs(config, round_index)
+
+    def keep_rewind_point(epoch, state, metrics):
+      del metrics
+      if rewind is not None and round_index == 0 and epoch == config.prune.rewind_epoch:
+        rewind.save(epoch, state, {'epoch': epoch})
+
+    if rewind is not None and round_index == 0 and config.prune.rewind_epoch == 0 and position is None:
+      rewind.save(0, state, {'epoch': 0})
     state, metrics = train_epochs(setup, step_fn, state, seed=config.seed, phase=round_index,
                                   epochs=range(position.epoch if position else 0, epochs), label=label, log=log,
-                                  resume=position, partial=partial)
+                                  resume=position, partial=partial, on_epoch_end=keep_rewind_point)
     if not metrics:
       metrics = {'train_loss': float('nan'), 'train_accuracy': float('nan'), **{
           f'test_{k}': v for k, v in setup.evaluate(state).items()}}
+    recalibrated = {f'recalibrated_test_{k}': v for k, v in recalibrate(state).items()} if recalibrate else {}
     psi_reset = psi_reset_summary(setup, state, path_data) if path_data else {}
     summary = {'round': round_index, 'method': config.method,
                'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'],
-               **metrics, **psi_reset, 'epochs': epochs, 'wall_s': round(time.time() - start, 2)}
+               **metrics, **recalibrated, **psi_reset, **sign_summary(setup, state, previous_signs),
+               'epochs': epochs, 'wall_s': round(time.time() - start, 2)}
     checkpoints.save(round_index, state, summary)
     partial.discard()
-    barrier_note = f'ψ-reset barrier {psi_reset["psi_reset_barrier"]:5.2f} | ' if psi_reset else ''
-    reporting.say(f'round {round_index:2d} | {100 * summary["fraction_left"]:6.2f}% left | train acc '
-                  f'{100 * metrics["train_accuracy"]:6.2f} | test acc {100 * metrics["test_accuracy"]:6.2f} | '
-                  f'{barrier_note}{summary["wall_s"]:.1f}s')
+    reporting.say(round_line(summary))
     signum = stop_requested(at_boundary=True)
-    if signum and round_index < config.prune.rounds:
+    if signum and round_index < last:
       raise stop(signum, f'after {label}')
   checkpoints.close()
+  if rewind is not None:
+    rewind.close()
+
+
+def round_line(summary: dict) -> str:
+  """A pruning round as the one line a run prints for it."""
+  parts = [f'round {summary["round"]:2d}', f'{100 * summary["fraction_left"]:6.2f}% left',
+           f'train acc {100 * summary["train_accuracy"]:6.2f}', f'test acc {100 * summary["test_accuracy"]:6.2f}']
+  if 'recalibrated_test_accuracy' in summary:
+    parts.append(f'recalibrated {100 * summary["recalibrated_test_accuracy"]:6.2f}')
+  if 'psi_reset_barrier' in summary:
+    parts.append(f'ψ-reset barrier {summary["psi_reset_barrier"]:5.2f}')
+  parts.append(f'signs changed {100 * summary["signs_changed_from_init"]:5.2f}%')
+  return ' | '.join(parts) + f' | {summary["wall_s"]:.1f}s'
+
+
+def sign_summary(setup: Setup, state: train.TrainState, previous_signs) -> dict:
+  """How the surviving prunable weights' signs moved: since initialisation and since the previous round."""
+  since_init = pruning.sign_changes(state.init_params, state.params, state.mask, setup.prunable)
+  alive_before = jax.tree.map(lambda s, m: jnp.where(m, s, 0).astype(s.dtype), previous_signs, state.mask)
+  since_previous = pruning.sign_flips(alive_before, state.params, setup.prunable)
+  return {'signs_changed_from_init': since_init['overall'],
+          'signs_changed_from_previous': since_previous['overall'],
+          'signs_changed_layers': {layer: {'from_init': change, 'from_previous': since_previous['layers'][layer]}
+                                   for layer, change in since_init['layers'].items()}}
+
+
+def rewind_target(setup: Setup, recipe: config_lib.Recipe, rewind: Checkpoints | None, template):
+  """The state whose weights a pruning rewinds to: None (LR rewinding), the initial state, or a warm-up epoch's."""
+  if recipe.rewind == 'init':
+    return setup.fresh_state(setup.config.seed, setup.optimizer('constant', setup.config.prune.round_epochs))
+  if recipe.rewind == 'warmup':
+    return rewind.restore(setup.config.prune.rewind_epoch, template)
+  return None
+
+
+def prune_and_rewind(setup: Setup, state: train.TrainState, round_index: int, tx, target) -> train.TrainState:
+  """One pruning of the method: a new mask (magnitude or random, global or per layer), weights kept or rewound to
+  `target`'s (with its BatchNorm statistics), a fresh optimizer."""
+  config = setup.config
+  recipe = config_lib.recipe(config.method)
+  fraction, scope = config_lib.round_fraction(config), config.prune.scope
+  if recipe.criterion == 'random':
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), round_index)
+    mask = pruning.prune_random(key, state.mask, setup.prunable, fraction, scope)
+  else:
+    scores = jax.tree.map(jnp.abs, state.params)
+    mask = pruning.prune_by_score(scores, state.mask, setup.prunable, fraction, scope)
+  source = state if target is None else target
+  params = pruning.apply_mask(source.params, mask)
+  batch_stats = jax.tree.map(jnp.copy, source.batch_stats)
+  return setup.place(state.replace(params=params, batch_stats=batch_stats, mask=mask, opt_state=tx.init(params)), tx)
 
 
 def psi_reset_summary(setup: Setup, state: train.TrainState, path_data: barrier.PathData) -> dict:
@@ -335,25 +417,61 @@ def prune(params, mask, prunable, fraction: float):
   return pruning.apply_mask(params, new_mask), new_mask
 
 
-def start_final(setup: Setup, mode: str, source: train.TrainState, seed: int, tx) -> train.TrainState:
-  """The network a final training starts from: the source round's signed mask, mask, or weights."""
+def start_final(setup: Setup, mode: str, signed, seed: int, tx, source: train.TrainState | None = None
+                ) -> train.TrainState:
+  """The network a final training starts from, given the source's signed mask `signed` (docs/method.md, "Stage 2").
+
+  signed: |w_fresh| · s; random_signs: the same with random ±1 for s; mask: the fresh weights on s ≠ 0;
+  random_mask: the fresh weights on a random mask with the same per-layer counts; dense: the fresh network;
+  retrain: `source`, the trained sparse network itself.
+  """
   fresh = setup.fresh_state(seed, tx)
-  if mode == 'signed':
-    signed = pruning.signs(source.params, source.mask)
-    params = pruning.signed_mask_transfer(fresh.params, signed, setup.is_norm)
-  elif mode == 'mask':
-    params = pruning.apply_mask(fresh.params, source.mask)
-  else:  # retrain: the trained sparse network itself (copied: the step donates its state)
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), START_KEY)
+  mask = pruning.mask_from_signs(signed)
+  if mode == 'dense':
+    return fresh
+  if mode == 'retrain':  # copied: the step donates its state
     source = jax.tree.map(jnp.copy, source)
     return setup.place(fresh.replace(params=source.params, batch_stats=source.batch_stats, mask=source.mask,
                                      init_params=source.init_params, opt_state=tx.init(source.params)), tx)
-  return setup.place(fresh.replace(params=params, mask=jax.tree.map(jnp.copy, source.mask),
-                                   opt_state=tx.init(params)), tx)
+  if mode in ('signed', 'random_signs'):
+    if mode == 'random_signs':
+      signed = pruning.random_signs(key, signed, setup.is_norm)
+    params = pruning.signed_mask_transfer(fresh.params, signed, setup.is_norm)
+  else:
+    if mode == 'random_mask':
+      mask = pruning.random_mask_like(key, mask, setup.prunable)
+    params = pruning.apply_mask(fresh.params, mask)
+  return setup.place(fresh.replace(params=params, mask=mask, opt_state=tx.init(params)), tx)
 
 
 def final_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
-  """One final training per (seed, mode) from the source round; each resumes from its own checkpoints."""
+  """One final training per (seed, mode) from the source round (or a signs file); each resumes on its own."""
   config = setup.config
+  source, signed, source_round = final_source(setup, workdir)
+  tx = setup.optimizer(config.final.schedule, config.final.epochs)
+  step_fn = setup.jit_train_step(tx, aws=False)
+  runs = [(seed, mode) for seed in config.final.seeds for mode in config.final.modes]
+  for index, (seed, mode) in enumerate(runs):
+    summary = final_run(setup, step_fn, tx, source, signed, source_round, mode, seed, workdir, log)
+    reporting.say(f'final {mode:12s} from round {source_round} seed {seed} | '
+                  f'{100 * summary["fraction_left"]:6.2f}% left | test acc {100 * summary["test_accuracy"]:6.2f} | '
+                  f'signs flipped {100 * summary["signs_flipped_since_start"]:5.2f}% | {summary["wall_s"]:.1f}s')
+    signum = stop_requested(at_boundary=True)
+    if signum and index < len(runs) - 1:
+      raise stop(signum, f'after final {mode} seed {seed}')
+
+
+def final_source(setup: Setup, workdir: str) -> tuple[train.TrainState | None, Any, int]:
+  """What final trainings start from: the source round's state (None from a signs file), its signed mask, the round."""
+  config = setup.config
+  if config.final.signed_mask:
+    from aws_jax import signs as signs_lib  # pylint: disable=import-outside-toplevel
+    signed, metadata = signs_lib.load(config.final.signed_mask)
+    params = jax.eval_shape(lambda: train.init_variables(setup.model, jax.random.PRNGKey(0),
+                                                          setup.dataset.image_shape))[0]
+    signs_lib.check_fits(signed, metadata, params=params, model=config.model, source=config.final.signed_mask)
+    return None, signed, int(metadata['round'])
   source_round = config_lib.source_round(config)
   prune_checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
   if source_round not in prune_checkpoints.steps():
@@ -362,22 +480,16 @@ def final_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
   prune_tx = setup.optimizer('constant', config.prune.round_epochs)
   source = prune_checkpoints.restore(source_round, setup.abstract_state(config.seed, prune_tx))
   prune_checkpoints.close()
-  tx = setup.optimizer(config.final.schedule, config.final.epochs)
-  step_fn = setup.jit_train_step(tx, aws=False)
-  runs = [(seed, mode) for seed in config.final.seeds for mode in config.final.modes]
-  for index, (seed, mode) in enumerate(runs):
-    summary = final_run(setup, step_fn, tx, source, source_round, mode, seed, workdir, log)
-    reporting.say(f'final {mode:8s} from round {source_round} seed {seed} | '
-                  f'{100 * summary["fraction_left"]:6.2f}% left | test acc {100 * summary["test_accuracy"]:6.2f} | '
-                  f'{summary["wall_s"]:.1f}s')
-    signum = stop_requested(at_boundary=True)
-    if signum and index < len(runs) - 1:
-      raise stop(signum, f'after final {mode} seed {seed}')
+  return source, pruning.signs(source.params, source.mask), source_round
 
 
-def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState, source_round: int, mode: str,
-              seed: int, workdir: str, log: reporting.MetricsLog) -> dict:
-  """Trains one final network (or resumes it) and returns the summary saved with its last checkpoint."""
+def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState | None, signed, source_round: int,
+              mode: str, seed: int, workdir: str, log: reporting.MetricsLog) -> dict:
+  """Trains one final network (or resumes it) and returns the summary saved with its last checkpoint.
+
+  Each checkpoint's summary records the fraction of the start's signs (alive, non-normalization weights) that
+  training has flipped: for a signed start, the inherited signs.
+  """
   config = setup.config
   name = f'{mode}_round{source_round}_seed{seed}'
   label = f'final {name}'
@@ -386,21 +498,24 @@ def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState, sou
   if done < config.final.epochs:
     start = time.time()
     template = setup.abstract_state(seed, tx)
+    state = start_final(setup, mode, signed, seed, tx, source)
+    start_signs = pruning.signs(state.params, state.mask)
+    carries_signs = jax.tree.map(lambda norm: not norm, setup.is_norm)
     partial = Partial(workdir, label)
     resumed = partial.restore(template)
     position = None
     if resumed is not None and resumed[1].epoch >= done:
       state, position = resumed
-    elif done == 0:
-      state = start_final(setup, mode, source, seed, tx)
-    else:
+    elif done > 0:
       state = checkpoints.restore(done, template)
 
     def save(epoch, state, metrics):
       if epoch % config.checkpoint_every_epochs == 0 or epoch == config.final.epochs:
         summary = {'mode': mode, 'source_round': source_round, 'seed': seed,
                    'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'],
-                   **metrics, 'epochs': epoch, 'wall_s': round(time.time() - start, 2)}
+                   **metrics,
+                   'signs_flipped_since_start': pruning.sign_flips(start_signs, state.params, carries_signs)['overall'],
+                   'epochs': epoch, 'wall_s': round(time.time() - start, 2)}
         checkpoints.save(epoch, state, summary)
 
     train_epochs(setup, step_fn, state, seed=seed, phase=FINAL_PHASE,

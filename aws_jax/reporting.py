@@ -91,16 +91,19 @@ def write_json(path: str, obj) -> None:
 
 
 def format_table(results: dict) -> str:
-  """The rounds and final trainings as a plain-text table (with the ψ-reset barrier where it was measured)."""
-  lines = [f'{"stage":<24}{"% left":>8}{"train acc":>11}{"test acc":>10}{"ψ-reset barrier":>17}']
+  """The rounds and final trainings as a plain-text table; test accuracy with BatchNorm statistics re-estimated
+  at α = 0 ('recal. acc') and the ψ-reset barrier where they were measured."""
+  lines = [f'{"stage":<28}{"% left":>8}{"train acc":>11}{"test acc":>10}{"recal. acc":>12}{"ψ-reset barrier":>17}']
 
   def row(name, r):
+    recalibrated = f'{100 * r["recalibrated_test_accuracy"]:>12.2f}' if 'recalibrated_test_accuracy' in r else ' ' * 12
     barrier = f'{r["psi_reset_barrier"]:>17.2f}' if 'psi_reset_barrier' in r else ''
-    return (f'{name:<24}{100 * r["fraction_left"]:>8.2f}{100 * r["train_accuracy"]:>11.2f}'
-            f'{100 * r["test_accuracy"]:>10.2f}{barrier}')
+    return (f'{name:<28}{100 * r["fraction_left"]:>8.2f}{100 * r["train_accuracy"]:>11.2f}'
+            f'{100 * r["test_accuracy"]:>10.2f}{recalibrated}{barrier}'.rstrip())
 
   for r in results['rounds']:
     lines.append(row('dense warm-up (round 0)' if r['round'] == 0 else f'pruning round {r["round"]}', r))
   for f in results['final']:
-    lines.append(row(f'{f["mode"]} r{f["source_round"]} seed {f["seed"]}', f))
+    source = '' if f['mode'] == 'dense' else f' r{f["source_round"]}'
+    lines.append(row(f'{f["mode"]}{source} seed {f["seed"]}', f))
   return '\n'.join(lines)

@@ -227,7 +227,7 @@ def digits_run(tmp_path_factory):
   tx = setup.optimizer('step', config.final.epochs)
   for seed in (2, 3):
     for mode in ('signed', 'retrain'):
-      state = protocol.start_final(setup, mode, source, seed, tx)
+      state = protocol.start_final(setup, mode, pruning.signs(source.params, source.mask), seed, tx, source)
       checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'final', f'{mode}_round1_seed{seed}'))
       checkpoints.save(1, state, {'mode': mode, 'source_round': 1, 'seed': seed,
                                  'test_accuracy': setup.evaluate(state)['accuracy']})

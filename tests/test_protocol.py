@@ -89,7 +89,7 @@ def test_signed_transfer_starts_from_fresh_magnitudes_and_trained_signs(digits_r
   setup, source = restore_round(workdir, config, config.prune.rounds)
   tx = setup.optimizer('step', config.final.epochs)
   fresh = setup.fresh_state(5, tx)
-  start = protocol.start_final(setup, 'signed', source, 5, tx)
+  start = protocol.start_final(setup, 'signed', pruning.signs(source.params, source.mask), 5, tx)
   trained_signs = pruning.signs(source.params, source.mask)
   for p, f, s, norm in zip(jax.tree.leaves(start.params), jax.tree.leaves(fresh.params),
                            jax.tree.leaves(trained_signs), jax.tree.leaves(setup.is_norm)):

@@ -1,0 +1,129 @@
+"""Pruning methods beside AWS and LRR on digits: what makes each that method, sign analytics, the control starts."""
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aws_jax import config as config_lib
+from aws_jax import preemption, protocol, pruning
+from aws_jax.checkpoints import Checkpoints
+from aws_jax.errors import UserError
+from conftest import tiny_digits_config
+
+# Two short rounds; round_epochs=0 leaves each round's weights exactly as pruning (and rewinding) made them.
+SHORT = {'prune.warmup_epochs': 2, 'prune.rounds': 2, 'prune.round_epochs': 1, 'barrier.psi_reset': False,
+         'stage': 'prune'}
+
+
+def run(tmp_path, name, **overrides):
+  config = tiny_digits_config(**{**SHORT, **overrides})
+  workdir = str(tmp_path / name)
+  return config, workdir, protocol.run(config, workdir)
+
+
+def restore(config, workdir, directory, step):
+  setup = protocol.make_setup(config)
+  tx = setup.optimizer('constant', config.prune.round_epochs)
+  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', directory))
+  state = checkpoints.restore(step, setup.abstract_state(config.seed, tx))
+  checkpoints.close()
+  return setup, state
+
+
+def test_methods_are_orthogonal_choices():
+  assert config_lib.recipe('aws') == config_lib.Recipe(interpolate=True)
+  assert config_lib.recipe('lrr') == config_lib.Recipe(interpolate=False)
+  assert config_lib.recipe('aws+imp_wr') == config_lib.Recipe(interpolate=True, rewind='warmup')
+  assert config_lib.recipe('aws+random') == config_lib.Recipe(interpolate=True, criterion='random')
+  for bad in ('imp+random', 'aws+aws', 'lth'):
+    with pytest.raises(UserError, match='is not one of'):
+      config_lib.recipe(bad)
+  oneshot = tiny_digits_config(**{'method': 'oneshot', 'prune.rounds': 3})
+  assert config_lib.last_round(oneshot) == 1 and config_lib.round_epochs(oneshot, 1) == 3 * 2
+  assert config_lib.round_fraction(oneshot) == pytest.approx(1 - 0.8 ** 3)
+
+
+@pytest.mark.parametrize('method', ['imp', 'aws+imp'])
+def test_imp_rewinds_the_alive_weights_to_their_initial_values(tmp_path, method):
+  config, workdir, results = run(tmp_path, method, method=method, **{'prune.round_epochs': 0})
+  setup, state = restore(config, workdir, 'prune', 2)
+  fresh = setup.fresh_state(config.seed, setup.optimizer('constant', 1))
+  jax.tree.map(np.testing.assert_array_equal, state.params, pruning.apply_mask(fresh.params, state.mask))
+  jax.tree.map(np.testing.assert_array_equal, state.batch_stats, fresh.batch_stats)
+  assert results['rounds'][2]['signs_changed_from_init'] == 0.0  # rewound, and not trained since
+  assert results['rounds'][2]['fraction_left'] == pytest.approx(0.64, abs=1e-3)
+
+
+def test_imp_wr_rewinds_to_the_warm_up_epoch_and_resumes_bit_identically(tmp_path, monkeypatch):
+  overrides = {'method': 'imp_wr', 'prune.rewind_epoch': 1}
+  config, workdir, results = run(tmp_path, 'whole', **overrides)
+  setup, rewind_point = restore(config, workdir, 'rewind', 1)
+  _, warmed_up = restore(config, workdir, 'prune', 0)
+  assert not np.array_equal(rewind_point.params['Conv_0']['kernel'], warmed_up.params['Conv_0']['kernel'])
+  _, round_1 = restore(tiny_digits_config(**{**SHORT, **overrides}), workdir, 'prune', 1)
+  # Round 1 trained on from the rewind point: its step count is the rewind point's plus one round.
+  assert int(round_1.step) == int(warmed_up.step) + setup.steps_per_epoch
+  # Stopped by a SIGTERM in the middle of round 1, then resumed: the same results and masks.
+  checks = iter(range(10_000))
+  monkeypatch.setattr(preemption, 'requested', lambda: signal.SIGTERM if next(checks) == 60 else None)
+  with pytest.raises(preemption.Stopped, match='SIGTERM in round 1'):
+    protocol.run(config, str(tmp_path / 'stopped'))
+  monkeypatch.undo()
+  resumed = protocol.run(config, str(tmp_path / 'stopped'))
+  strip = lambda rows: [{k: v for k, v in r.items() if k != 'wall_s'} for r in rows]
+  assert strip(resumed['rounds']) == strip(results['rounds'])
+
+
+def test_oneshot_prunes_once_to_the_final_fraction(tmp_path):
+  config, _, results = run(tmp_path, 'oneshot', method='oneshot')
+  assert [r['round'] for r in results['rounds']] == [0, 1]
+  assert results['rounds'][1]['epochs'] == 2 * config.prune.round_epochs
+  assert results['rounds'][1]['fraction_left'] == pytest.approx(0.64, abs=1e-3)
+
+
+def test_random_and_layerwise_pruning_keep_the_counts(tmp_path):
+  config, workdir, magnitude = run(tmp_path, 'lrr', method='lrr')
+  _, random_dir, random = run(tmp_path, 'random', method='random')
+  assert [r['fraction_left'] for r in random['rounds']] == [r['fraction_left'] for r in magnitude['rounds']]
+  _, a = restore(config, workdir, 'prune', 2)
+  _, b = restore(config, random_dir, 'prune', 2)
+  assert not np.array_equal(a.mask['Conv_1']['kernel'], b.mask['Conv_1']['kernel'])
+  _, layerwise_dir, _ = run(tmp_path, 'layerwise', method='lrr', **{'prune.scope': 'layerwise'})
+  setup, state = restore(config, layerwise_dir, 'prune', 2)
+  for alive, total in pruning.sparsity_summary(state.mask, setup.prunable)['layers'].values():
+    once = total - int(np.floor(0.2 * total + 0.5))
+    assert alive == once - int(np.floor(0.2 * once + 0.5))
+
+
+def test_rounds_record_recalibrated_accuracy_and_sign_changes(tmp_path):
+  _, _, results = run(tmp_path, 'aws', method='aws')
+  for r in results['rounds']:
+    assert 0.5 < r['recalibrated_test_accuracy'] <= 1 and r['recalibrated_test_loss'] > 0
+    assert 0 < r['signs_changed_from_init'] < 0.5 and 0 <= r['signs_changed_from_previous'] < 0.5
+    assert set(r['signs_changed_layers']) == {f'Conv_{i}/kernel' for i in range(4)}
+  assert results['rounds'][0]['signs_changed_from_previous'] == results['rounds'][0]['signs_changed_from_init']
+
+
+def test_control_starts(tmp_path):
+  config, workdir, _ = run(tmp_path, 'aws', method='aws')
+  setup, source = restore(config, workdir, 'prune', 2)
+  tx = setup.optimizer('step', config.final.epochs)
+  signed = pruning.signs(source.params, source.mask)
+  fresh = setup.fresh_state(5, tx)
+  starts = {mode: protocol.start_final(setup, mode, signed, 5, tx, source)
+            for mode in ('signed', 'random_signs', 'random_mask', 'dense')}
+  carrying = [not n for n in jax.tree.leaves(setup.is_norm)]
+  for name, state in starts.items():
+    for p, f, c in zip(jax.tree.leaves(state.params), jax.tree.leaves(fresh.params), carrying):
+      np.testing.assert_array_equal(np.abs(p)[np.asarray(p) != 0], np.abs(f)[np.asarray(p) != 0], err_msg=name)
+  jax.tree.map(np.testing.assert_array_equal, starts['random_signs'].mask, source.mask)
+  flipped = pruning.sign_flips(signed, starts['random_signs'].params, jax.tree.map(lambda n: not n, setup.is_norm))
+  assert 0.4 < flipped['overall'] < 0.6
+  summary = lambda s: pruning.sparsity_summary(s.mask, setup.prunable)['layers']
+  assert summary(starts['random_mask']) == summary(source)
+  assert not np.array_equal(starts['random_mask'].mask['Conv_2']['kernel'], source.mask['Conv_2']['kernel'])
+  assert all(jnp.all(m) for m in jax.tree.leaves(starts['dense'].mask))
+  jax.tree.map(np.testing.assert_array_equal, starts['dense'].params, fresh.params)
