@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset = 'digits'         # digits, fashion_mnist, cifar10, cifar100, tiny_imagenet, imagenet2012
   config.data_dir = ''              # '' means tfds' default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
   config.download = False           # let tfds download and prepare a missing dataset (needs TensorFlow)
+  config.train_examples = 0         # > 0: train on only the first this many training examples (quick studies)
   config.data_workers = 0           # decoding processes of a streamed dataset (imagenet2012); 0: in this process
   config.model = 'small_cnn'        # one of MODELS above: small_cnn, resnet20, vgg16, resnet50, mobilenetv2, ...
   config.seed = 1                   # pruning-stage seed: initialisation, data order, α draws
@@ -119,6 +120,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config, 'compute_dtype', COMPUTE_DTYPES)
   _check(0 < config.prune.fraction < 1,
          f'--config.prune.fraction={config.prune.fraction} must lie strictly between 0 and 1')
+  _check(config.train_examples >= 0, f'--config.train_examples={config.train_examples} must be >= 0 (0: all)')
   _check(config.data_workers >= 0, f'--config.data_workers={config.data_workers} must be >= 0')
   _check(config.checkpoint_every_steps >= 0,
          f'--config.checkpoint_every_steps={config.checkpoint_every_steps} must be >= 0 (0: off)')

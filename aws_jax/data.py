@@ -78,6 +78,17 @@ class Dataset:
     return self.train_images.shape[1:]
 
 
+def first_examples(dataset: Dataset, count: int) -> Dataset:
+  """`dataset` trained on its first `count` training examples only (statistics and test split unchanged)."""
+  if not isinstance(dataset, Dataset):
+    raise UserError(f'--config.train_examples needs an in-memory dataset; {dataset.name} streams from disk')
+  if count > dataset.num_train:
+    raise UserError(f'--config.train_examples={count} exceeds the {dataset.num_train} training examples of '
+                    f'{dataset.name}')
+  return dataclasses.replace(dataset, train_images=dataset.train_images[:count],
+                             train_labels=dataset.train_labels[:count])
+
+
 @dataclasses.dataclass(frozen=True)
 class StreamedDataset:
   """A dataset too large for memory, read batch by batch from TFDS's prepared array_record files.

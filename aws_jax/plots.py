@@ -6,8 +6,10 @@ read back from the axes. Command line (several workdirs, e.g. an AWS run and an 
   python -m aws_jax.plots --workdirs=runs/digits,runs/digits_lrr --out=runs/figures [--barriers=a.json,b.json]
 
 writes accuracy_vs_sparsity.png (test accuracy against % weights left per method and final-stage start),
-psi_reset_barrier.png (the error barrier to the ψ-reset network after every pruning round) and, with
---barriers (JSON files of `python -m aws_jax.barrier`), barriers.png with their curves overlaid.
+psi_reset_barrier.png (the error barrier to the ψ-reset network after every pruning round), signs.png (signs changed
+since initialisation and since the previous round, where the rounds recorded them) and, with --barriers (JSON files
+of `python -m aws_jax.barrier`), barriers.png with their curves overlaid. `python -m aws_jax.study` draws the same
+figures for a study, and starts.png (`plot_comparison`).
 """
 import collections
 import json
@@ -22,8 +24,10 @@ from matplotlib.figure import Figure
 from aws_jax import cli
 from aws_jax.errors import UserError
 
-MODE_COLORS = {'signed': 'C0', 'mask': 'C1', 'retrain': 'C2', 'pruning stage': 'C7'}
-METHOD_STYLES = {'aws': ('-', 'o'), 'lrr': ('--', 's')}
+MODE_COLORS = {'signed': 'C0', 'mask': 'C1', 'retrain': 'C2', 'random_signs': 'C3', 'random_mask': 'C4',
+               'dense': 'k', 'pruning stage': 'C7'}
+METHOD_STYLES = {'aws': ('-', 'o'), 'lrr': ('--', 's'), 'imp': (':', 'D'), 'imp_wr': (':', 'v'),
+                 'oneshot': ('-.', 'P'), 'random': ('-.', 'x')}  # others: ('-.', '^')
 
 
 def _lines(ax) -> dict:
@@ -73,14 +77,15 @@ def _method(results: dict, config: dict) -> str:
 
 
 def _mean_lines(points: Mapping[tuple, list]) -> dict:
-  """{key: (x, mean y, std y)} sorted by x, from {key: [(x, y), ...]}."""
+  """{key: (x, mean y, std y)} sorted by x, from {key: [(x, y), ...]}; std with ddof 1, NaN for a single y."""
   lines = {}
   for key, pairs in points.items():
     by_x = collections.defaultdict(list)
     for x, y in pairs:
       by_x[round(x, 6)].append(y)
     xs = sorted(by_x, reverse=True)
-    lines[key] = (xs, [float(np.mean(by_x[x])) for x in xs], [float(np.std(by_x[x])) for x in xs])
+    stds = [float(np.std(by_x[x], ddof=1)) if len(by_x[x]) > 1 else math.nan for x in xs]
+    lines[key] = (xs, [float(np.mean(by_x[x])) for x in xs], stds)
   return lines
 
 
@@ -105,11 +110,52 @@ def _sparsity_axis(ax, xs) -> None:
   ax.grid(alpha=0.3)
 
 
-def plot_accuracy_vs_sparsity(workdirs: Sequence[str], path: str) -> dict:
-  """Test accuracy (%) against % weights left: each method's pruning stage and final trainings, one line per start.
+def stage_accuracy(record: dict) -> float:
+  """A pruning round's test accuracy with BatchNorm statistics re-estimated at α = 0, where recorded.
 
-  Final trainings of the same method and start are gathered over workdirs and source rounds; seeds at one level are
-  averaged (the band is ± one standard deviation). The dense warm-up (round 0) is the horizontal line.
+  The running statistics AWS gathers under random α mislead at α = 0, so figures use the recalibrated accuracy.
+  """
+  return record.get('recalibrated_test_accuracy', record['test_accuracy'])
+
+
+def plot_accuracy(stage: Mapping[str, list], final: Mapping[tuple, list], path: str, dense: Sequence[float] = (),
+                  title: str = '') -> dict:
+  """Test accuracy (%) against % weights left: each method's pruning stage, and each (method, start)'s final
+  trainings, one line each; seeds at one level are averaged, error bars ± one standard deviation (n > 1).
+
+  `stage` maps a method to [(% left, accuracy %), ...], `final` maps (method, start) to the same; `dense` holds
+  accuracies (%) drawn as the dotted horizontal line (their mean, shaded ± one standard deviation).
+  """
+  fig = Figure(figsize=(7, 4.5), layout='constrained')
+  ax = fig.subplots()
+  all_x = []
+  stage_lines = _mean_lines({(method, 'pruning stage'): points for method, points in stage.items()})
+  for (method, mode), (xs, ys, stds) in {**stage_lines, **_mean_lines(final)}.items():
+    linestyle, marker = METHOD_STYLES.get(method, ('-.', '^'))
+    color = MODE_COLORS.get(mode)
+    line, = ax.plot(xs, ys, color=color, linestyle=linestyle, marker=marker, markersize=4,
+                    label=f'{method.upper()} {mode}', alpha=0.6 if mode == 'pruning stage' else 1.0)
+    if not np.all(np.isnan(stds)):
+      ax.errorbar(xs, ys, yerr=np.nan_to_num(stds), fmt='none', ecolor=line.get_color(), capsize=3, alpha=0.8)
+    all_x += xs
+  if len(dense):
+    mean = float(np.mean(dense))
+    ax.axhline(mean, color='k', linewidth=0.8, linestyle=':', label='dense')
+    if len(dense) > 1:
+      spread = float(np.std(dense, ddof=1))
+      ax.axhspan(mean - spread, mean + spread, color='k', alpha=0.08)
+  _sparsity_axis(ax, all_x)
+  ax.set(ylabel='test accuracy (%)', title=title)
+  ax.legend(fontsize='small')
+  fig.savefig(path, dpi=150)
+  return {'accuracy': _lines(ax)}
+
+
+def plot_accuracy_vs_sparsity(workdirs: Sequence[str], path: str) -> dict:
+  """`plot_accuracy` of run directories: their pruning stages (recalibrated accuracy) and final trainings.
+
+  Final trainings of the same method and start are gathered over workdirs and source rounds. The dense warm-up
+  (round 0) is the horizontal line.
   """
   stage_points, final_points, dense, configs = collections.defaultdict(list), collections.defaultdict(list), [], []
   for workdir in workdirs:
@@ -117,28 +163,12 @@ def plot_accuracy_vs_sparsity(workdirs: Sequence[str], path: str) -> dict:
     configs.append(config)
     method = _method(results, config)
     for r in results['rounds']:
-      stage_points[method, 'pruning stage'].append((100 * r['fraction_left'], 100 * r['test_accuracy']))
+      stage_points[method].append((100 * r['fraction_left'], 100 * stage_accuracy(r)))
       if r['round'] == 0:
-        dense.append(100 * r['test_accuracy'])
+        dense.append(100 * stage_accuracy(r))
     for f in results['final']:
       final_points[method, f['mode']].append((100 * f['fraction_left'], 100 * f['test_accuracy']))
-  fig = Figure(figsize=(7, 4.5), layout='constrained')
-  ax = fig.subplots()
-  all_x = []
-  for (method, mode), (xs, ys, stds) in {**_mean_lines(stage_points), **_mean_lines(final_points)}.items():
-    linestyle, marker = METHOD_STYLES.get(method, ('-.', '^'))
-    ax.plot(xs, ys, color=MODE_COLORS.get(mode), linestyle=linestyle, marker=marker, markersize=4,
-            label=f'{method.upper()} {mode}', alpha=0.6 if mode == 'pruning stage' else 1.0)
-    if any(stds):
-      ax.fill_between(xs, np.subtract(ys, stds), np.add(ys, stds), color=MODE_COLORS.get(mode), alpha=0.15)
-    all_x += xs
-  if dense:
-    ax.axhline(float(np.mean(dense)), color='k', linewidth=0.8, linestyle=':', label='dense')
-  _sparsity_axis(ax, all_x)
-  ax.set(ylabel='test accuracy (%)', title=_title(configs))
-  ax.legend(fontsize='small')
-  fig.savefig(path, dpi=150)
-  return {'accuracy': _lines(ax)}
+  return plot_accuracy(stage_points, final_points, path, dense=dense, title=_title(configs))
 
 
 def plot_psi_reset_barriers(workdirs: Sequence[str], path: str) -> dict:
@@ -167,8 +197,72 @@ def plot_psi_reset_barriers(workdirs: Sequence[str], path: str) -> dict:
   return {'barrier': _lines(ax)}
 
 
-def write_figures(workdirs: Sequence[str], barrier_files: Sequence[str], out: str) -> list[str]:
-  """Every figure the inputs allow, in `out`; returns their paths."""
+SIGN_KEYS = {'signs_changed_from_init': 'since initialisation',
+             'signs_changed_from_previous': 'since the previous round'}  # round records' keys: their titles
+
+
+def plot_sign_changes(workdirs: Sequence[str], path: str) -> dict:
+  """Sign analytics of the pruning stage: % of the alive prunable weights whose sign differs from their initial
+  value (left) and from the previous round's (right), after every round, one line per method."""
+  points, configs = {key: collections.defaultdict(list) for key in SIGN_KEYS}, []
+  for workdir in workdirs:
+    results, config = load_results(workdir)
+    configs.append(config)
+    for r in results['rounds']:
+      for key in SIGN_KEYS:
+        if key in r:
+          points[key][_method(results, config)].append((100 * r['fraction_left'], 100 * r[key]))
+  if not any(points.values()):
+    raise UserError(f'no sign changes in {", ".join(workdirs)}: their pruning stages did not record '
+                    f'{" or ".join(SIGN_KEYS)}')
+  fig = Figure(figsize=(10, 4), layout='constrained')
+  axes = dict(zip(SIGN_KEYS, fig.subplots(1, 2)))
+  for key, ax in axes.items():
+    all_x = []
+    for method, (xs, ys, _) in _mean_lines(points[key]).items():
+      linestyle, marker = METHOD_STYLES.get(method, ('-.', '^'))
+      ax.plot(xs, ys, linestyle=linestyle, marker=marker, label=method.upper())
+      all_x += xs
+    _sparsity_axis(ax, all_x)
+    ax.set(ylabel='signs changed (% of alive weights)', title=SIGN_KEYS[key])
+    ax.legend(fontsize='small')
+  fig.suptitle(_title(configs))
+  fig.savefig(path, dpi=150)
+  return {key: _lines(ax) for key, ax in axes.items()}
+
+
+def _bars(ax) -> dict:
+  """{tick label: bar length} of the horizontal bars drawn on `ax`."""
+  labels = [t.get_text() for t in ax.get_yticklabels()]
+  return dict(zip(labels, (float(p.get_width()) for p in ax.patches)))
+
+
+def plot_comparison(accuracies: Mapping[str, tuple], differences: Mapping[str, tuple], path: str,
+                    title: str = '', confidence: float = 0.95) -> dict:
+  """The final comparison as horizontal bars with their intervals: test accuracy (%) of each group (left) and the
+  paired differences in points (right). Each maps a label to (value, interval half-width); NaN: no interval."""
+  fig = Figure(figsize=(12, max(3.0, 0.35 * max(len(accuracies), len(differences)) + 1.5)), layout='constrained')
+  accuracy_ax, difference_ax = fig.subplots(1, 2)
+  for ax, data, color in ((accuracy_ax, accuracies, 'C0'), (difference_ax, differences, 'C3')):
+    labels = list(data)[::-1]  # the first on top
+    values = [data[label][0] for label in labels]
+    half_widths = np.nan_to_num([data[label][1] for label in labels])
+    ax.barh(range(len(labels)), values, xerr=half_widths, color=color, alpha=0.7, capsize=3)
+    ax.set_yticks(range(len(labels)), labels, fontsize='small')
+    ax.grid(axis='x', alpha=0.3)
+  if accuracies:
+    lows = [value - half for value, half in np.nan_to_num(list(accuracies.values()))]
+    accuracy_ax.set_xlim(max(0.0, min(lows) - 5), 100)
+  difference_ax.axvline(0, color='k', linewidth=0.8)
+  accuracy_ax.set(xlabel=f'test accuracy (%), mean over seeds ± {100 * confidence:.0f} % interval', title=title)
+  difference_ax.set(xlabel=f'difference (points), paired by seed ± {100 * confidence:.0f} % interval')
+  fig.savefig(path, dpi=150)
+  return {'accuracy': _bars(accuracy_ax), 'difference': _bars(difference_ax)}
+
+
+def write_figures(workdirs: Sequence[str], barrier_files: Sequence[str], out: str, signs: bool = False) -> list[str]:
+  """Every figure the inputs allow, in `out`; returns their paths. signs.png only when asked (the command line
+  does), where the rounds recorded sign changes."""
   os.makedirs(out, exist_ok=True)
   written = []
   if workdirs:
@@ -177,6 +271,9 @@ def write_figures(workdirs: Sequence[str], barrier_files: Sequence[str], out: st
     if any('psi_reset_barrier' in r for w in workdirs for r in load_results(w)[0]['rounds']):
       written.append(os.path.join(out, 'psi_reset_barrier.png'))
       plot_psi_reset_barriers(workdirs, written[-1])
+    if signs and any(key in r for w in workdirs for r in load_results(w)[0]['rounds'] for key in SIGN_KEYS):
+      written.append(os.path.join(out, 'signs.png'))
+      plot_sign_changes(workdirs, written[-1])
   if barrier_files:
     curves = {}
     for name in barrier_files:
@@ -196,7 +293,7 @@ def main(argv):
   if not values.workdirs and not values.barriers:
     cli.exit_with('nothing to plot: give --workdirs (with results.json) and/or --barriers (barrier JSON files)')
   try:
-    for path in write_figures(values.workdirs or [], values.barriers or [], values.out):
+    for path in write_figures(values.workdirs or [], values.barriers or [], values.out, signs=True):
       print(path)
   except UserError as e:
     cli.exit_with(e)

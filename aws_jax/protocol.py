@@ -172,6 +172,8 @@ class Setup:
 
 def make_setup(config: ml_collections.ConfigDict) -> Setup:
   dataset = data_lib.load(config.dataset, config.data_dir or None, config.download)
+  if config.train_examples:
+    dataset = data_lib.first_examples(dataset, config.train_examples)
   model = models.create_model(config.model, dataset.num_classes)
   params, _ = jax.eval_shape(lambda: train.init_variables(model, jax.random.PRNGKey(0), dataset.image_shape))
   if config.batch_size > dataset.num_train:

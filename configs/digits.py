@@ -7,7 +7,7 @@ Runs a dense warm-up, 8 AWS pruning rounds (16.8 % of the conv weights left), th
 signed mask, the mask alone, and the trained weights. Expected (2-core CPU): dense ≈ 97–99 % test accuracy, and the
 signed-mask transfer within a couple of points of it. `:lrr` gives the same run without AWS interpolation.
 
-`:study` is a quick study (AWS and LRR, three starts and dense, 3 seeds; a few minutes on 2 CPU cores):
+`:study` is a quick study (AWS and LRR, three starts and dense, 3 seeds; about 3 minutes on 2 CPU cores):
   python -m aws_jax.study --config=configs/digits.py:study --workdir=runs/digits_study
 """
 from aws_jax.config import base_config

@@ -1,0 +1,334 @@
+"""A study: the paper's comparisons as one grid of runs, with statistics over seeds.
+
+Command:
+  python -m aws_jax.study --config=configs/digits.py:study --workdir=runs/digits_study [--config.KEY=VALUE ...]
+
+`config.study` is the grid: methods × starts × source rounds (−1: the last) × seeds. Each method's pruning stage runs
+once, as an ordinary run directory WORKDIR/<method>/ (`protocol.run` with `config.method` set to it), and its final
+trainings are `final.modes` = the starts and `final.seeds` = the seeds, once per source round. The `dense` start
+depends on neither the method nor the round: it is trained once per seed, in the first method's directory from its
+last round, and reported as method `dense`. Everything is checkpointed: rerunning resumes, and widening the grid (a
+seed, a start, a round, a method) trains only the new entries. WORKDIR then holds:
+
+  study.csv                  one row per trained network (CSV_FIELDS)
+  study.md                   mean ± std over seeds per (method, start, source round); the paired differences the
+                             paper's claims rest on, with 95 % t-intervals over seeds; each method's pruning stage
+  accuracy_vs_sparsity.png   test accuracy against weights left, every method × start, and the pruning stages
+  psi_reset_barrier.png      the ψ-reset barrier after every pruning round, per method (when measured)
+  starts.png                 the final comparison: accuracies and differences as bars with 95 % intervals
+  signs.png                  signs changed since initialisation and since the previous round (when recorded)
+
+Accuracies in study.md and the figures are percentages; differences are in points. A pruning round's accuracy is
+the one with BatchNorm statistics re-estimated at α = 0 (`recalibrated_test_accuracy`), where recorded.
+"""
+import csv
+import math
+import os
+from typing import Mapping, Sequence
+
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from aws_jax import cli
+from aws_jax import config as config_lib
+from aws_jax import workdir as workdir_lib
+from aws_jax.errors import UserError
+
+CSV_FIELDS = ('method', 'start', 'source_round', 'fraction_left', 'seed', 'test_accuracy', 'test_loss',
+              'train_accuracy', 'epochs', 'wall_s')
+DENSE = 'dense'
+CONFIDENCE = 0.95
+FIGURES = ('accuracy_vs_sparsity.png', 'psi_reset_barrier.png', 'starts.png', 'signs.png')
+
+
+def method_config(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  """`config` for one method's run directory: that method, the study's seeds as final seeds."""
+  derived = ml_collections.ConfigDict(config.to_dict())
+  derived.method = method
+  derived.final.seeds = tuple(config.study.seeds)
+  derived.final.source_round = -1
+  return derived
+
+
+def source_rounds(config: ml_collections.ConfigDict, method: str) -> list[int]:
+  """The study's source rounds of `method`, −1 resolved to its last round, sorted, without repeats."""
+  last = config_lib.last_round(method_config(config, method))
+  return sorted({last if r == -1 else r for r in config.study.source_rounds})
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first bad value of the config or its grid; creates and runs nothing."""
+  config_lib.validate(config)
+  study = config.study
+  for key in ('methods', 'starts', 'source_rounds', 'seeds'):
+    if not study[key]:
+      raise UserError(f'--config.study.{key} is empty; give at least one')
+    if key != 'source_rounds' and len(set(study[key])) < len(study[key]):
+      raise UserError(f'--config.study.{key}={tuple(study[key])} names one twice; give each once')
+  for start in study.starts:
+    if start not in config_lib.MODES:
+      raise UserError(f'--config.study.starts has {start!r}; each must be one of {", ".join(config_lib.MODES)}')
+  for method in study.methods:
+    try:
+      config_lib.validate(method_config(config, method))
+    except UserError as e:
+      raise UserError(f'--config.study.methods has {method!r}: {e}') from None
+    last = config_lib.last_round(method_config(config, method))
+    for r in study.source_rounds:
+      if not -1 <= r <= last:
+        raise UserError(f'--config.study.source_rounds has {r}, never reached by {method}: its pruning stage runs '
+                        f'rounds 0..{last} (-1 means the last)')
+
+
+def plan(config: ml_collections.ConfigDict) -> dict[str, list[tuple[int, tuple[str, ...]]]]:
+  """{method: [(source round, final.modes trained from it), ...]}: the grid as final-stage invocations.
+
+  `dense` goes to the first method only, from its last round, so widening the grid never moves it.
+  """
+  starts = tuple(s for s in config.study.starts if s != DENSE)
+  runs = {}
+  for index, method in enumerate(config.study.methods):
+    rounds = {r: starts for r in source_rounds(config, method)}
+    if index == 0 and DENSE in config.study.starts:
+      last = config_lib.last_round(method_config(config, method))
+      rounds[last] = rounds.get(last, ()) + (DENSE,)
+    runs[method] = sorted(rounds.items())
+  return runs
+
+
+def rows_of(config: ml_collections.ConfigDict, method: str, results: dict) -> list[dict]:
+  """The CSV rows of `method`'s run directory that belong to the grid (its results.json may hold more)."""
+  seeds, rounds = set(config.study.seeds), dict(plan(config)[method])
+  rows = []
+  for f in results['final']:
+    if f['seed'] in seeds and f['mode'] in rounds.get(f['source_round'], ()):
+      dense = f['mode'] == DENSE
+      rows.append({'method': DENSE if dense else method, 'start': f['mode'],
+                   'source_round': None if dense else f['source_round'],
+                   **{k: f[k] for k in CSV_FIELDS[3:]}})
+  return rows
+
+
+def sort_rows(rows: Sequence[dict], methods: Sequence[str], starts: Sequence[str]) -> list[dict]:
+  """Rows in grid order: methods as given, then dense; starts as given; source round; seed."""
+  order = [*methods, DENSE]
+  return sorted(rows, key=lambda r: (order.index(r['method']), list(starts).index(r['start']),
+                                     r['source_round'] or 0, r['seed']))
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+  """(mean, half-width) of the two-sided Student-t interval of the mean of `values` (n − 1 degrees of freedom).
+
+  The half-width is NaN for fewer than two values.
+  """
+  from scipy import stats  # pylint: disable=import-outside-toplevel  # slow to import; only the statistics need it
+  values = np.asarray(values, float)
+  mean = float(np.mean(values))
+  if len(values) < 2:
+    return mean, math.nan
+  sem = float(np.std(values, ddof=1)) / math.sqrt(len(values))
+  return mean, float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * sem
+
+
+def paired_differences(a: Mapping[int, float], b: Mapping[int, float]) -> list[float]:
+  """a[seed] − b[seed] for every seed both have, in seed order: the same seed is the same fresh initialisation."""
+  return [a[s] - b[s] for s in sorted(set(a) & set(b))]
+
+
+def group_summaries(rows: Sequence[dict]) -> list[dict]:
+  """Per (method, start, source round), in row order: fraction left, n, and of the test accuracy the mean, the std
+  (ddof 1) and the half-width of the mean's t-interval (both NaN for n = 1)."""
+  groups = {}
+  for r in rows:
+    groups.setdefault((r['method'], r['start'], r['source_round']), []).append(r)
+  summaries = []
+  for (method, start, source_round), members in groups.items():
+    accuracies = [r['test_accuracy'] for r in members]
+    summaries.append({'method': method, 'start': start, 'source_round': source_round,
+                      'fraction_left': members[0]['fraction_left'], 'n': len(members),
+                      'mean': float(np.mean(accuracies)),
+                      'std': float(np.std(accuracies, ddof=1)) if len(members) > 1 else math.nan,
+                      'half_width': t_interval(accuracies)[1]})
+  return summaries
+
+
+def by_seed(rows: Sequence[dict], method: str, start: str, source_round: int | None) -> dict[int, float]:
+  """{seed: test accuracy} of one grid cell."""
+  return {r['seed']: r['test_accuracy'] for r in rows
+          if (r['method'], r['start'], r['source_round']) == (method, start, source_round)}
+
+
+def comparisons(rows: Sequence[dict], methods: Sequence[str]) -> list[dict]:
+  """The differences the claims rest on, paired by seed, per source round, where both sides were trained:
+  AWS signed − dense, AWS signed − LRR signed, and for each method signed − mask and signed − random_signs.
+
+  Each: {'label', 'source_round', 'n', 'mean', 'half_width'} in fractions of accuracy; half-width NaN for n < 2.
+  """
+  rounds = sorted({r['source_round'] for r in rows if r['source_round'] is not None})
+  pairs = []
+  for k in rounds:
+    pairs.append(('AWS signed − dense', k, ('aws', 'signed', k), (DENSE, DENSE, None)))
+    pairs.append(('AWS signed − LRR signed', k, ('aws', 'signed', k), ('lrr', 'signed', k)))
+    for method in methods:
+      for other in ('mask', 'random_signs'):
+        pairs.append((f'{method.upper()} signed − {method.upper()} {other}', k, (method, 'signed', k),
+                      (method, other, k)))
+  found = []
+  for label, k, a, b in pairs:
+    differences = paired_differences(by_seed(rows, *a), by_seed(rows, *b))
+    if differences:
+      mean, half_width = t_interval(differences)
+      found.append({'label': label, 'source_round': k, 'n': len(differences), 'mean': mean,
+                    'half_width': half_width})
+  return found
+
+
+def _percent(value: float) -> str:
+  return 'n/a' if math.isnan(value) else f'{100 * value:.2f}'
+
+
+def _round_name(source_round: int | None) -> str:
+  return '—' if source_round is None else str(source_round)
+
+
+def markdown(summaries: Sequence[dict], differences: Sequence[dict], rounds: Mapping[str, list]) -> str:
+  """study.md: the grid's means, the paired differences, each method's pruning stage."""
+  lines = ['## Final trainings: test accuracy (%) over seeds', '',
+           '| method | start | source round | % left | mean | std | n |',
+           '| --- | --- | ---: | ---: | ---: | ---: | ---: |']
+  for s in summaries:
+    lines.append(f'| {s["method"]} | {s["start"]} | {_round_name(s["source_round"])} | '
+                 f'{100 * s["fraction_left"]:.2f} | {_percent(s["mean"])} | {_percent(s["std"])} | {s["n"]} |')
+  lines += ['', f'## Differences (points of test accuracy), paired by seed, {100 * CONFIDENCE:.0f} % t-interval', '',
+            '| difference | source round | mean | ± half-width | interval | n |',
+            '| --- | ---: | ---: | ---: | --- | ---: |']
+  for d in differences:
+    interval = ('n/a' if math.isnan(d['half_width']) else
+                f'[{_percent(d["mean"] - d["half_width"])}, {_percent(d["mean"] + d["half_width"])}]')
+    lines.append(f'| {d["label"]} | {d["source_round"]} | {_percent(d["mean"])} | {_percent(d["half_width"])} | '
+                 f'{interval} | {d["n"]} |')
+  if not differences:
+    lines.append('| (none: the grid lacks both sides of every comparison) | | | | | |')
+  for method, records in rounds.items():
+    lines += ['', f'## Pruning stage: {method}', '',
+              '| round | % left | test acc | recalibrated test acc | ψ-reset barrier (points) |',
+              '| ---: | ---: | ---: | ---: | ---: |']
+    for r in records:
+      barrier = f'{r["psi_reset_barrier"]:.2f}' if 'psi_reset_barrier' in r else 'n/a'
+      recalibrated = _percent(r['recalibrated_test_accuracy']) if 'recalibrated_test_accuracy' in r else 'n/a'
+      lines.append(f'| {r["round"]} | {100 * r["fraction_left"]:.2f} | {_percent(r["test_accuracy"])} | '
+                   f'{recalibrated} | {barrier} |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_csv(rows: Sequence[dict], path: str) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _label(method: str, start: str, source_round: int | None) -> str:
+  return 'dense' if method == DENSE else f'{method.upper()} {start} r{source_round}'
+
+
+def figures(config: ml_collections.ConfigDict, rows: Sequence[dict], summaries: Sequence[dict],
+            differences: Sequence[dict], rounds: Mapping[str, list], run_dirs: Sequence[str], out: str) -> list[str]:
+  """The study's figures (FIGURES, those the runs recorded data for) in `out`; returns their paths.
+
+  `rounds` maps each method to its pruning stage's round records; `run_dirs` are the methods' run directories.
+  """
+  from aws_jax import plots  # pylint: disable=import-outside-toplevel  # matplotlib: slow to import
+  paths = {name: os.path.join(out, name) for name in FIGURES}
+  title = f'{config.model} on {config.dataset}'
+  stage = {method: [(100 * r['fraction_left'], 100 * plots.stage_accuracy(r)) for r in records]
+           for method, records in rounds.items()}
+  final, dense = {}, []
+  for r in rows:
+    if r['method'] == DENSE:
+      dense.append(100 * r['test_accuracy'])
+    else:
+      final.setdefault((r['method'], r['start']), []).append((100 * r['fraction_left'], 100 * r['test_accuracy']))
+  plots.plot_accuracy(stage, final, paths['accuracy_vs_sparsity.png'], dense=dense, title=title)
+  recorded = {key for records in rounds.values() for r in records for key in r}
+  if 'psi_reset_barrier' in recorded:
+    plots.plot_psi_reset_barriers(run_dirs, paths['psi_reset_barrier.png'])
+  else:
+    del paths['psi_reset_barrier.png']
+  accuracies = {_label(s['method'], s['start'], s['source_round']): (100 * s['mean'], 100 * s['half_width'])
+                for s in summaries}
+  gaps = {f'{d["label"]} r{d["source_round"]}': (100 * d['mean'], 100 * d['half_width']) for d in differences}
+  plots.plot_comparison(accuracies, gaps, paths['starts.png'], title=title, confidence=CONFIDENCE)
+  if recorded & set(plots.SIGN_KEYS):
+    plots.plot_sign_changes(run_dirs, paths['signs.png'])
+  else:
+    del paths['signs.png']
+  return list(paths.values())
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, str] | None = None) -> dict:
+  """Runs (or resumes) the grid of `config.study` and writes the study's files in `workdir`.
+
+  `run_dirs` may place a method's run directory elsewhere (e.g. one that `python -m aws_jax.main` already filled
+  with the same config). Returns {'rows', 'summaries', 'differences', 'rounds': {method: round records},
+  'run_dirs', 'files'}. Raises UserError for a bad grid before anything is created.
+  """
+  validate(config)
+  from aws_jax import protocol  # pylint: disable=import-outside-toplevel  # heavy: after the checks
+  directories = {m: (run_dirs or {}).get(m, os.path.join(workdir, m)) for m in config.study.methods}
+  workdir_lib.check_writable(workdir)
+  rows, rounds = [], {}
+  with workdir_lib.Lock(workdir):
+    for method, invocations in plan(config).items():
+      for index, (source_round, modes) in enumerate(invocations):
+        run_config = method_config(config, method)
+        run_config.stage = 'all' if index == 0 else 'final'
+        run_config.final.source_round = source_round
+        run_config.final.modes = modes
+        results = protocol.run(run_config, directories[method])
+      rows += rows_of(config, method, results)
+      rounds[method] = results['rounds']
+    rows = sort_rows(rows, config.study.methods, config.study.starts)
+    summaries, differences = group_summaries(rows), comparisons(rows, config.study.methods)
+    write_csv(rows, os.path.join(workdir, 'study.csv'))
+    table = markdown(summaries, differences, rounds)
+    with open(os.path.join(workdir, 'study.md'), 'w') as f:
+      f.write(table)
+    files = [os.path.join(workdir, name) for name in ('study.csv', 'study.md')]
+    files += figures(config, rows, summaries, differences, rounds, list(directories.values()), workdir)
+  print(table, flush=True)
+  return {'rows': rows, 'summaries': summaries, 'differences': differences, 'rounds': rounds,
+          'run_dirs': directories, 'files': files}
+
+
+def main(argv, config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder):
+  cli.check_no_arguments(argv)
+  config = cli.load_config(config_flag)
+  try:
+    validate(config)
+  except UserError as e:
+    cli.exit_with(e)
+  cli.check_workdir(workdir_flag.value)
+  cli.quiet_logging()
+  from aws_jax import allocator  # pylint: disable=import-outside-toplevel
+  allocator.restart_with_tcmalloc()  # after the checks above: a bad input is answered without the restart
+  from aws_jax import preemption  # pylint: disable=import-outside-toplevel
+  try:
+    run(config, workdir_flag.value)
+  except preemption.Stopped as e:
+    cli.exit_with(e, status=128 + e.signum)
+  except UserError as e:
+    cli.exit_with(e)
+
+
+if __name__ == '__main__':
+  # Defined here, not at import: aws_jax.main defines the same flags, and notebooks import this module.
+  __doc__ += '\n' + config_lib.describe_keys()
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py); config.study is the grid.',
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the study: a run directory per method, the tables '
+                                 'and the figures.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(lambda argv: main(argv, _CONFIG, _WORKDIR), flags_parser=cli.parse_flags)

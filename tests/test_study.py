@@ -1,0 +1,210 @@
+"""Tests for aws_jax.study: the statistics by hand, bad grids refused up front, the digits study end to end."""
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from aws_jax import plots, study
+from aws_jax.errors import UserError
+from conftest import REPO
+
+# configs/digits.py:study shrunk to a couple of minutes: 2 rounds, 2-epoch final trainings, cheap ψ-reset barriers.
+TINY_STUDY = {'prune.warmup_epochs': 2, 'prune.rounds': 2, 'prune.round_epochs': 1, 'final.epochs': 2,
+              'checkpoint_every_epochs': 2, 'barrier.points': 3, 'barrier.bn_batches': 2, 'progress': False,
+              'study.seeds': (2, 3)}
+STARTS = ('signed', 'mask', 'random_signs', 'dense')
+
+
+def study_config(**overrides):
+  """configs/digits.py:study with TINY_STUDY and `overrides` (dotted keys) applied."""
+  sys.path.insert(0, os.path.join(REPO, 'configs'))
+  try:
+    import digits  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  config = digits.get_config('study')
+  for key, value in {**TINY_STUDY, **overrides}.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def flags_of(overrides: dict) -> list[str]:
+  return [f'--config.{k}={v!r}' if isinstance(v, tuple) else f'--config.{k}={v}' for k, v in overrides.items()]
+
+
+def read_csv(path) -> list[dict]:
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def file_times(directory) -> dict:
+  """{path: mtime in ns} of every file under `directory`."""
+  return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
+          for root, _, names in os.walk(directory) for name in names}
+
+
+def test_t_interval_by_hand():
+  # Differences 0.10, 0.05, 0.15: mean 0.10, sample std 0.05, t(0.975, 2 dof) = 4.302653 (tables).
+  differences = study.paired_differences({2: 0.90, 3: 0.85, 4: 0.95}, {2: 0.80, 3: 0.80, 4: 0.80, 5: 0.70})
+  np.testing.assert_allclose(differences, [0.10, 0.05, 0.15])
+  mean, half_width = study.t_interval(differences)
+  np.testing.assert_allclose([mean, half_width], [0.10, 4.302653 * 0.05 / math.sqrt(3)], rtol=1e-6)
+  # Two values 1 and 3: mean 2, std √2, standard error 1, t(0.975, 1 dof) = 12.706205.
+  np.testing.assert_allclose(study.t_interval([1.0, 3.0]), [2.0, 12.706205], rtol=1e-6)
+  np.testing.assert_allclose(study.t_interval([1.0, 3.0], confidence=0.9), [2.0, 6.313752], rtol=1e-6)
+  mean, half_width = study.t_interval([0.7])
+  assert mean == 0.7 and math.isnan(half_width)
+  assert study.paired_differences({2: 1.0}, {3: 1.0}) == []
+
+
+def row(method, start, seed, accuracy, source_round=3):
+  dense = method == 'dense'
+  return {'method': method, 'start': start, 'source_round': None if dense else source_round,
+          'fraction_left': 1.0 if dense else 0.512, 'seed': seed, 'test_accuracy': accuracy, 'test_loss': 0.1,
+          'train_accuracy': 1.0, 'epochs': 2, 'wall_s': 1.0}
+
+
+def test_summaries_and_differences_pair_by_seed():
+  rows = [row('aws', 'signed', 2, 0.90), row('aws', 'signed', 3, 0.80), row('aws', 'mask', 2, 0.70),
+          row('aws', 'mask', 3, 0.75), row('lrr', 'signed', 3, 0.60), row('dense', 'dense', 2, 0.95),
+          row('dense', 'dense', 3, 0.85), row('dense', 'dense', 4, 0.99)]
+  summaries = {(s['method'], s['start']): s for s in study.group_summaries(rows)}
+  np.testing.assert_allclose([summaries['aws', 'signed'][k] for k in ('mean', 'std')], [0.85, math.sqrt(0.005)])
+  assert summaries['lrr', 'signed']['n'] == 1 and math.isnan(summaries['lrr', 'signed']['std'])
+  differences = {d['label']: d for d in study.comparisons(rows, ('aws', 'lrr'))}
+  assert set(differences) == {'AWS signed − dense', 'AWS signed − LRR signed', 'AWS signed − AWS mask'}
+  # Seed 4 of dense has no AWS partner: the pairs are (0.90 − 0.95, 0.80 − 0.85). Signed − mask: 0.20 and 0.05,
+  # mean 0.125, std 0.15 / √2, standard error 0.075.
+  np.testing.assert_allclose(differences['AWS signed − dense']['mean'], -0.05)
+  np.testing.assert_allclose(differences['AWS signed − dense']['half_width'], 0.0, atol=1e-12)
+  np.testing.assert_allclose(differences['AWS signed − AWS mask']['mean'], 0.125)
+  np.testing.assert_allclose(differences['AWS signed − AWS mask']['half_width'], 12.706205 * 0.075, rtol=1e-6)
+  assert differences['AWS signed − LRR signed']['n'] == 1
+  assert math.isnan(differences['AWS signed − LRR signed']['half_width'])
+  table = study.markdown(study.group_summaries(rows), list(differences.values()), {})
+  assert '| AWS signed − LRR signed | 3 | 20.00 | n/a | n/a | 1 |' in table
+  assert '| AWS signed − AWS mask | 3 | 12.50 | 95.30 | [-82.80, 107.80] | 2 |' in table
+  assert '| dense | dense | — | 100.00 | 93.00 | 7.21 | 3 |' in table
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'study.starts': ('signed', 'bogus')}, "--config.study.starts has 'bogus'"),
+    ({'study.methods': ('aws', 'nope')}, "--config.study.methods has 'nope'"),
+    ({'study.source_rounds': (-1, 3)}, '--config.study.source_rounds has 3, never reached by aws'),
+    ({'study.methods': ('aws', 'oneshot'), 'study.source_rounds': (2,)}, 'has 2, never reached by oneshot'),
+    ({'study.seeds': ()}, '--config.study.seeds is empty'),
+    ({'study.methods': ()}, '--config.study.methods is empty'),
+    ({'study.seeds': (2, 3, 2)}, '--config.study.seeds=(2, 3, 2) names one twice'),
+])
+def test_bad_grids_fail_before_anything_is_created(tmp_path, overrides, message):
+  workdir = tmp_path / 'study'
+  with pytest.raises(UserError, match=re.escape(message)):
+    study.run(study_config(**overrides), str(workdir))
+  assert not workdir.exists()
+  command = [sys.executable, '-m', 'aws_jax.study', f'--config={REPO}/configs/digits.py:study', f'--workdir={workdir}',
+             *flags_of({**TINY_STUDY, **overrides})]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and result.stderr.startswith('error: ') and message in result.stderr, result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert not workdir.exists()
+
+
+def test_plan_trains_dense_once_from_the_first_methods_last_round():
+  config = study_config(**{'study.methods': ('lrr', 'aws', 'oneshot'), 'study.source_rounds': (1, -1),
+                           'study.starts': ('dense', 'signed')})
+  assert study.plan(config) == {'lrr': [(1, ('signed',)), (2, ('signed', 'dense'))],
+                                'aws': [(1, ('signed',)), (2, ('signed',))], 'oneshot': [(1, ('signed',))]}
+
+
+def test_fashion_mnist_config():
+  sys.path.insert(0, os.path.join(REPO, 'configs'))
+  try:
+    import fashion_mnist  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  config = fashion_mnist.get_config()
+  study.validate(config)
+  assert (config.dataset, config.model) == ('fashion_mnist', 'small_cnn')
+  assert (1 - config.prune.fraction) ** config.prune.rounds <= 0.11  # at least 89 % sparsity
+  assert tuple(config.study.methods) == ('aws', 'lrr') and len(config.study.seeds) == 3
+  assert set(config.study.starts) == {'signed', 'mask', 'random_signs', 'random_mask', 'dense'}
+  command = fashion_mnist.__doc__.split('Command:\n')[1].splitlines()[0].strip()
+  assert command == 'python -m aws_jax.study --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist_study'
+
+
+def test_import_is_light():
+  """The command line answers a bad grid before JAX, matplotlib or SciPy load."""
+  code = 'import sys, aws_jax.study; print(sorted({"jax", "matplotlib", "scipy"} & set(sys.modules)))'
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.stdout.strip() == '[]', result.stderr
+
+
+def test_sign_changes_figure(tmp_path):
+  runs = []
+  for method, flips in (('aws', (0.0, 0.1, 0.15)), ('lrr', (0.0, 0.2, 0.3))):
+    directory = tmp_path / method
+    directory.mkdir()
+    rounds = [{'round': k, 'method': method, 'fraction_left': 0.8 ** k, 'test_accuracy': 0.9,
+               'signs_changed_from_init': flip, 'signs_changed_from_previous': flip / 2} for k, flip in
+              enumerate(flips)]
+    (directory / 'results.json').write_text(json.dumps({'rounds': rounds, 'final': []}))
+    (directory / 'config.json').write_text(json.dumps({'method': method}))
+    runs.append(str(directory))
+  lines = plots.plot_sign_changes(runs, str(tmp_path / 'signs.png'))
+  np.testing.assert_allclose(lines['signs_changed_from_init']['LRR']['y'], [0, 20, 30])
+  np.testing.assert_allclose(lines['signs_changed_from_previous']['AWS']['x'], [100, 80, 64])
+  np.testing.assert_allclose(lines['signs_changed_from_previous']['AWS']['y'], [0, 5, 7.5])
+  out = tmp_path / 'figures'
+  result = subprocess.run([sys.executable, '-m', 'aws_jax.plots', f'--workdirs={",".join(runs)}', f'--out={out}'],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.split() == [str(out / 'accuracy_vs_sparsity.png'), str(out / 'signs.png')]
+
+
+def test_digits_study_runs_then_widens(tmp_path):
+  workdir = tmp_path / 'study'
+  command = [sys.executable, '-m', 'aws_jax.study', f'--config={REPO}/configs/digits.py:study', f'--workdir={workdir}',
+             *flags_of({**TINY_STUDY, 'study.starts': STARTS})]
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = read_csv(workdir / 'study.csv')
+  assert tuple(rows[0]) == study.CSV_FIELDS
+  grid = {(r['method'], r['start'], r['source_round'], r['seed']) for r in rows}
+  expected = {(m, s, '2', str(seed)) for m in ('aws', 'lrr') for s in STARTS[:-1] for seed in (2, 3)}
+  assert grid == expected | {('dense', 'dense', '', '2'), ('dense', 'dense', '', '3')} and len(rows) == len(grid)
+  for r in rows:
+    assert 0 <= float(r['test_accuracy']) <= 1 and r['epochs'] == '2'
+    np.testing.assert_allclose(float(r['fraction_left']), 1.0 if r['start'] == 'dense' else 0.64, atol=0.01)
+  table = (workdir / 'study.md').read_text()
+  for label in ('AWS signed − dense', 'AWS signed − LRR signed', 'AWS signed − AWS mask',
+                'AWS signed − AWS random_signs', 'LRR signed − LRR mask', 'LRR signed − LRR random_signs',
+                'Pruning stage: aws', 'Pruning stage: lrr'):
+    assert f'| {label} |' in table or f'## {label}' in table, label
+  assert '## Differences' in result.stdout  # the same tables, printed at the end
+  for name in ('accuracy_vs_sparsity.png', 'psi_reset_barrier.png', 'starts.png'):
+    with open(workdir / name, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n', name
+  for method in ('aws', 'lrr'):  # ordinary run directories; dense trained in the first method's only
+    results = json.loads((workdir / method / 'results.json').read_text())
+    assert [r['round'] for r in results['rounds']] == [0, 1, 2]
+    assert ({f['mode'] for f in results['final']} == {'signed', 'mask', 'random_signs'} |
+            ({'dense'} if method == 'aws' else set()))
+
+  before = {**file_times(workdir / 'aws' / 'checkpoints'), **file_times(workdir / 'lrr' / 'checkpoints')}
+  widened = study.run(study_config(**{'study.starts': STARTS, 'study.seeds': (2, 3, 4)}), str(workdir))
+  after = {**file_times(workdir / 'aws' / 'checkpoints'), **file_times(workdir / 'lrr' / 'checkpoints')}
+  assert {p: after[p] for p in before} == before  # nothing trained before was trained again
+  new = {(r['method'], r['start'], r['seed']) for r in widened['rows']} - {(m, s, int(seed)) for m, s, _, seed in grid}
+  assert new == {(m, s, 4) for m in ('aws', 'lrr') for s in STARTS[:-1]} | {('dense', 'dense', 4)}
+  assert len(read_csv(workdir / 'study.csv')) == len(grid) + len(new)
+  assert {d['n'] for d in widened['differences']} == {3}
