@@ -473,7 +473,7 @@ def final_source(setup: Setup, workdir: str) -> tuple[train.TrainState | None, A
     params = jax.eval_shape(lambda: train.init_variables(setup.model, jax.random.PRNGKey(0),
                                                           setup.dataset.image_shape))[0]
     signs_lib.check_fits(signed, metadata, params=params, model=config.model, source=config.final.signed_mask)
-    return None, signed, int(metadata['round'])
+    return None, signed, -1 if metadata['round'] is None else int(metadata['round'])  # -1: a file of no round
   source_round = config_lib.source_round(config)
   prune_checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
   if source_round not in prune_checkpoints.steps():
