@@ -21,10 +21,12 @@ STARTS = ('signed', 'mask', 'random_signs', 'random_mask', 'dense')  # a study's
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('step', 'cosine', 'constant')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+SEEDS_AT_ONCE = ('auto', 'vmap', 'sequential')
 
 # Keys that may change between two invocations on the same workdir: they pick what to run, not what a run is.
 RERUN_KEYS = ('stage', 'study.methods', 'study.starts', 'study.source_rounds', 'study.seeds', 'data_workers',
               'overwrite', 'progress', 'checkpoint_every_steps', 'final.modes', 'final.seeds', 'final.source_round',
+              'final.seeds_at_once',
               'mesh.fsdp', 'barrier.points', 'barrier.bn_batches', 'barrier.chunk', 'barrier.psi_reset')
 
 
@@ -65,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.final.source_round = -1    # -1: the last pruning round
   config.final.seeds = (2, 3)       # one final training per seed and mode
   config.final.epochs = 100
+  config.final.seeds_at_once = 'auto'  # 'vmap': the seeds of a start train together as one vmapped program (faster on
+                                    # accelerators and small models); 'sequential'; 'auto': vmap except on CPU
   config.final.signed_mask = ''     # a signs file (python -m aws_jax.signs export): final trainings from it alone
   config.final.schedule = 'step'    # 'step' (÷10 at 50 %, 75 %), 'cosine' (to lr·1e-3) or 'constant'
 
@@ -118,6 +122,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config, 'optimizer.name', OPTIMIZERS)
   _one_of(config, 'final.schedule', SCHEDULES)
   _one_of(config, 'compute_dtype', COMPUTE_DTYPES)
+  _one_of(config, 'final.seeds_at_once', SEEDS_AT_ONCE)
   _check(0 < config.prune.fraction < 1,
          f'--config.prune.fraction={config.prune.fraction} must lie strictly between 0 and 1')
   _check(config.train_examples >= 0, f'--config.train_examples={config.train_examples} must be >= 0 (0: all)')

@@ -68,14 +68,18 @@ class Setup:
   def steps_per_epoch(self) -> int:
     return self.dataset.num_train // self.config.batch_size
 
+  def train_step(self, tx, aws: bool) -> Callable:
+    """The pure train step for this model and data (not compiled)."""
+    make_step = train.make_batch_step if self.streamed else train.make_train_step
+    return make_step(self.model, tx, aws=aws, is_norm=self.is_norm, augmentation=self.dataset.augmentation,
+                     mean=self.dataset.mean, std=self.dataset.std, compute_dtype=self.config.compute_dtype)
+
   def jit_train_step(self, tx, aws: bool) -> Callable:
     """The train step compiled once for the mesh: state in place (donated), the batch split over devices.
 
     It takes `epoch_inputs`' tuples: (all images, all labels, batch indices), or a streamed (images, labels).
     """
-    make_step = train.make_batch_step if self.streamed else train.make_train_step
-    step = make_step(self.model, tx, aws=aws, is_norm=self.is_norm, augmentation=self.dataset.augmentation,
-                     mean=self.dataset.mean, std=self.dataset.std, compute_dtype=self.config.compute_dtype)
+    step = self.train_step(tx, aws)
     state_shardings, replicated = self.state_shardings(tx), sharding.replicated(self.mesh)
     batch = sharding.batch_sharding(self.mesh)
     inputs = (batch, batch) if self.streamed else (replicated, replicated, batch)
@@ -448,20 +452,37 @@ def start_final(setup: Setup, mode: str, signed, seed: int, tx, source: train.Tr
 
 
 def final_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
-  """One final training per (seed, mode) from the source round (or a signs file); each resumes on its own."""
+  """One final training per (seed, mode) from the source round (or a signs file); each resumes on its own.
+
+  With `final.seeds_at_once` (on accelerators by default), the seeds of one start train together, vmapped.
+  """
   config = setup.config
   source, signed, source_round = final_source(setup, workdir)
   tx = setup.optimizer(config.final.schedule, config.final.epochs)
   step_fn = setup.jit_train_step(tx, aws=False)
-  runs = [(seed, mode) for seed in config.final.seeds for mode in config.final.modes]
+  together = seeds_together(setup)
+  runs = ([(None, mode) for mode in config.final.modes] if together else
+          [(seed, mode) for seed in config.final.seeds for mode in config.final.modes])
   for index, (seed, mode) in enumerate(runs):
-    summary = final_run(setup, step_fn, tx, source, signed, source_round, mode, seed, workdir, log)
-    reporting.say(f'final {mode:12s} from round {source_round} seed {seed} | '
-                  f'{100 * summary["fraction_left"]:6.2f}% left | test acc {100 * summary["test_accuracy"]:6.2f} | '
-                  f'signs flipped {100 * summary["signs_flipped_since_start"]:5.2f}% | {summary["wall_s"]:.1f}s')
+    if seed is None:
+      summaries = final_runs_vmapped(setup, tx, source, signed, source_round, mode, workdir, log)
+    else:
+      summaries = [final_run(setup, step_fn, tx, source, signed, source_round, mode, seed, workdir, log)]
+    for summary in summaries:
+      reporting.say(f'final {mode:12s} from round {source_round} seed {summary["seed"]} | '
+                    f'{100 * summary["fraction_left"]:6.2f}% left | test acc {100 * summary["test_accuracy"]:6.2f} | '
+                    f'signs flipped {100 * summary["signs_flipped_since_start"]:5.2f}% | {summary["wall_s"]:.1f}s')
     signum = stop_requested(at_boundary=True)
     if signum and index < len(runs) - 1:
-      raise stop(signum, f'after final {mode} seed {seed}')
+      raise stop(signum, f'after final {mode}' + (f' seed {seed}' if seed is not None else ''))
+
+
+def seeds_together(setup: Setup) -> bool:
+  """Whether the final seeds train vmapped: `final.seeds_at_once`, where one device holds the data in memory."""
+  choice = setup.config.final.seeds_at_once
+  if choice == 'auto':
+    choice = 'sequential' if jax.default_backend() == 'cpu' else 'vmap'
+  return choice == 'vmap' and len(setup.config.final.seeds) > 1 and setup.mesh.size == 1 and not setup.streamed
 
 
 def final_source(setup: Setup, workdir: str) -> tuple[train.TrainState | None, Any, int]:
@@ -487,22 +508,16 @@ def final_source(setup: Setup, workdir: str) -> tuple[train.TrainState | None, A
 
 def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState | None, signed, source_round: int,
               mode: str, seed: int, workdir: str, log: reporting.MetricsLog) -> dict:
-  """Trains one final network (or resumes it) and returns the summary saved with its last checkpoint.
-
-  Each checkpoint's summary records the fraction of the start's signs (alive, non-normalization weights) that
-  training has flipped: for a signed start, the inherited signs.
-  """
+  """Trains one final network (or resumes it) and returns the summary saved with its last checkpoint."""
   config = setup.config
-  name = f'{mode}_round{source_round}_seed{seed}'
-  label = f'final {name}'
-  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'final', name), max_to_keep=1)
+  label = f'final {final_name(mode, source_round, seed)}'
+  checkpoints = final_checkpoints(workdir, mode, source_round, seed)
   done = checkpoints.latest() or 0
   if done < config.final.epochs:
     start = time.time()
     template = setup.abstract_state(seed, tx)
     state = start_final(setup, mode, signed, seed, tx, source)
     start_signs = pruning.signs(state.params, state.mask)
-    carries_signs = jax.tree.map(lambda norm: not norm, setup.is_norm)
     partial = Partial(workdir, label)
     resumed = partial.restore(template)
     position = None
@@ -512,13 +527,8 @@ def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState | No
       state = checkpoints.restore(done, template)
 
     def save(epoch, state, metrics):
-      if epoch % config.checkpoint_every_epochs == 0 or epoch == config.final.epochs:
-        summary = {'mode': mode, 'source_round': source_round, 'seed': seed,
-                   'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'],
-                   **metrics,
-                   'signs_flipped_since_start': pruning.sign_flips(start_signs, state.params, carries_signs)['overall'],
-                   'epochs': epoch, 'wall_s': round(time.time() - start, 2)}
-        checkpoints.save(epoch, state, summary)
+      save_final(setup, checkpoints, epoch, state, metrics, mode=mode, source_round=source_round, seed=seed,
+                 start_signs=start_signs, wall_s=time.time() - start)
 
     train_epochs(setup, step_fn, state, seed=seed, phase=FINAL_PHASE,
                  epochs=range(position.epoch if position else done, config.final.epochs), label=label, log=log,
@@ -527,6 +537,93 @@ def final_run(setup: Setup, step_fn: Callable, tx, source: train.TrainState | No
   summary = checkpoints.summary(checkpoints.latest())
   checkpoints.close()
   return summary
+
+
+def final_name(mode: str, source_round: int, seed: int) -> str:
+  return f'{mode}_round{source_round}_seed{seed}'
+
+
+def final_checkpoints(workdir: str, mode: str, source_round: int, seed: int) -> Checkpoints:
+  return Checkpoints(os.path.join(workdir, 'checkpoints', 'final', final_name(mode, source_round, seed)), max_to_keep=1)
+
+
+def save_final(setup: Setup, checkpoints: Checkpoints, epoch: int, state: train.TrainState, metrics: dict, *,
+               mode: str, source_round: int, seed: int, start_signs, wall_s: float) -> None:
+  """A final training's checkpoint every `checkpoint_every_epochs` epochs and at its end. Its summary records the
+  fraction of the start's signs (alive, non-normalization weights) that training has flipped: for a signed start,
+  the inherited signs."""
+  config = setup.config
+  if epoch % config.checkpoint_every_epochs and epoch != config.final.epochs:
+    return
+  carries_signs = jax.tree.map(lambda norm: not norm, setup.is_norm)
+  summary = {'mode': mode, 'source_round': source_round, 'seed': seed,
+             'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'], **metrics,
+             'signs_flipped_since_start': pruning.sign_flips(start_signs, state.params, carries_signs)['overall'],
+             'epochs': epoch, 'wall_s': round(wall_s, 2)}
+  checkpoints.save(epoch, state, summary)
+
+
+def final_runs_vmapped(setup: Setup, tx, source: train.TrainState | None, signed, source_round: int, mode: str,
+                       workdir: str, log: reporting.MetricsLog) -> list[dict]:
+  """The final trainings of every seed of one start as one vmapped program: per step, each seed takes its own batch
+  (its own data order) and its own α-free update. Checkpoints, partial checkpoints and metrics are written per seed,
+  as `final_run` writes them, so either path resumes the other's. Seeds at different epochs, or an interrupted
+  vmapped training, continue one by one."""
+  config = setup.config
+  seeds = list(config.final.seeds)
+  checkpoints = {seed: final_checkpoints(workdir, mode, source_round, seed) for seed in seeds}
+  done = {seed: checkpoints[seed].latest() or 0 for seed in seeds}
+  pending = [seed for seed in seeds if done[seed] < config.final.epochs]
+  labels = {seed: f'final {final_name(mode, source_round, seed)}' for seed in seeds}
+  partials = {seed: Partial(workdir, labels[seed]) for seed in pending}
+  if len({done[seed] for seed in pending}) > 1 or any(os.path.isdir(p.directory) for p in partials.values()):
+    step_fn = setup.jit_train_step(tx, aws=False)
+    return [final_run(setup, step_fn, tx, source, signed, source_round, mode, seed, workdir, log) for seed in seeds]
+  start = time.time()
+  states = {seed: start_final(setup, mode, signed, seed, tx, source) for seed in pending}
+  start_signs = {seed: pruning.signs(state.params, state.mask) for seed, state in states.items()}
+  for seed in pending:
+    if done[seed]:
+      states[seed] = checkpoints[seed].restore(done[seed], setup.abstract_state(seed, tx))
+  if pending:
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[states[seed] for seed in pending])
+    step_fn = jax.jit(jax.vmap(setup.train_step(tx, aws=False), in_axes=(0, None, None, 0)), donate_argnums=0,
+                      compiler_options=conv.compiler_options())
+    steps, every = setup.steps_per_epoch, config.checkpoint_every_steps
+    global_step = int(stacked.step[0])
+    for epoch in range(done[pending[0]], config.final.epochs):
+      orders = np.stack([train.epoch_order(seed, FINAL_PHASE, epoch, setup.dataset.num_train, config.batch_size)
+                         for seed in pending])
+      loss_sum, correct = 0.0, 0
+      for step in tqdm.trange(steps, leave=False, unit='step', desc=f'final {mode} seeds {pending} epoch {epoch + 1}',
+                              disable=not (config.progress and reporting.is_main_process())):
+        stacked, metrics = step_fn(stacked, setup.train_images, setup.train_labels, jnp.asarray(orders[:, step]))
+        loss_sum, correct, global_step = loss_sum + metrics['loss'], correct + metrics['correct'], global_step + 1
+        periodic = every > 0 and global_step % every == 0
+        signum = stop_requested(at_boundary=periodic or step + 1 == steps)
+        if periodic or signum:
+          for k, seed in enumerate(pending):
+            partials[seed].save(global_step, jax.tree.map(lambda x, k=k: x[k], stacked),
+                                Position(epoch, step + 1, float(loss_sum[k]), int(correct[k])))
+        if signum:
+          raise stop(signum, f'in final {mode} (seeds {pending} together), epoch {epoch + 1}, step {step + 1}/{steps},')
+      for k, seed in enumerate(pending):
+        state = jax.tree.map(lambda x, k=k: x[k], stacked)
+        train_loss = float(loss_sum[k]) / steps
+        if not math.isfinite(train_loss):
+          raise UserError(f'the training loss became {train_loss} in {labels[seed]}, epoch {epoch + 1}: the run '
+                          f'diverged; lower --config.optimizer.lr (now {config.optimizer.lr}) and rerun')
+        metrics = {'train_loss': train_loss, 'train_accuracy': int(correct[k]) / (steps * config.batch_size),
+                   **{f'test_{key}': v for key, v in setup.evaluate(state).items()}}
+        log.write({'phase': labels[seed], 'epoch': epoch + 1, **metrics}, global_step)
+        save_final(setup, checkpoints[seed], epoch + 1, state, metrics, mode=mode, source_round=source_round,
+                   seed=seed, start_signs=start_signs[seed], wall_s=time.time() - start)
+    for partial in partials.values():
+      partial.discard()
+  summaries = [checkpoints[seed].summary(checkpoints[seed].latest()) for seed in seeds]
+  for c in checkpoints.values():
+    c.close()
+  return summaries
 
 
 def saved_summaries(directory: str) -> list[dict]:
