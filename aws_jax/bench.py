@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from aws_jax import allocator, barrier, conv, models, onednn, protocol, pruning, train
+from aws_jax import allocator, barrier, cli, conv, models, onednn, protocol, pruning, train
 from aws_jax import config as config_lib
 
-_ONLY = flags.DEFINE_enum('only', None, ['step', 'matmul', 'stage', 'barrier'], 'Run one part of the suite.')
+_ONLY = flags.DEFINE_enum('only', None, ['step', 'matmul', 'stage', 'barrier', 'seeds'],
+                          'Run one part of the suite.')
 _MODEL = flags.DEFINE_enum('model', 'resnet20', models.MODELS, 'Model for --only=step.')
 _BATCH = flags.DEFINE_integer('batch', 128, 'Batch size for --only=step.')
 _IMAGE = flags.DEFINE_integer('image', 32, 'Image side for --only=step.')
@@ -179,8 +180,49 @@ def barrier_wall_time(points: int, train_images: int, test_images: int, image: i
           'wall_s': round(time.perf_counter() - start, 2), 'barrier': curve['barrier']}
 
 
+def seeds_figures(model_name: str, seeds: int, batch: int, image: int, channels: int, steps: int) -> dict:
+  """Images per second of `seeds` final trainings as one vmapped step against one step per seed in turn."""
+  model = models.create_model(model_name, 10)
+  tx = train.make_optimizer('sgd', 0.1, 0.9, 5e-4)
+  init = jax.jit(train.init_variables, static_argnums=(0, 2))
+  states = []
+  for seed in range(seeds):
+    params, batch_stats = init(model, jax.random.PRNGKey(seed), (image, image, channels))
+    states.append(train.create_state(params, batch_stats, pruning.full_mask(params), jax.tree.map(jnp.copy, params),
+                                     tx, jax.random.PRNGKey(seed)))
+  is_norm = pruning.norm_leaves(jax.tree.map(lambda x: x, states[0].params))
+  step = train.make_train_step(model, tx, aws=False, is_norm=is_norm, augmentation='none',
+                               mean=np.zeros(channels, np.float32), std=np.ones(channels, np.float32))
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.standard_normal((seeds * batch, image, image, channels), np.float32))
+  labels = jnp.asarray(rng.integers(0, 10, seeds * batch), jnp.int32)
+  indices = jnp.asarray(rng.permutation(seeds * batch).reshape(seeds, batch).astype(np.int32))
+  one = jax.jit(step, donate_argnums=0, compiler_options=conv.compiler_options())
+  together = jax.jit(jax.vmap(step, in_axes=(0, None, None, 0)), donate_argnums=0,
+                     compiler_options=conv.compiler_options())
+  stacked = [jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)]
+  separate = [list(states)]
+
+  def run_together():
+    stacked[0], metrics = together(stacked[0], images, labels, indices)
+    jax.block_until_ready(metrics['loss'])
+
+  def run_one_by_one():
+    for k in range(seeds):
+      separate[0][k], metrics = one(separate[0][k], images, labels, indices[k])
+    jax.block_until_ready(metrics['loss'])
+
+  vmapped_ms, _ = _median_ms(run_together, steps)
+  sequential_ms, _ = _median_ms(run_one_by_one, steps)
+  return {'model': model_name, 'seeds': seeds, 'batch': batch, 'image': [image, image, channels],
+          'vmapped_images_per_s': round(seeds * batch / vmapped_ms * 1e3, 1),
+          'sequential_images_per_s': round(seeds * batch / sequential_ms * 1e3, 1),
+          'speedup': round(sequential_ms / vmapped_ms, 3)}
+
+
 def main(argv):
   del argv
+  cli.quiet_logging()
   smoke, steps = _SMOKE.value, 2 if _SMOKE.value else _STEPS.value
   image = 8 if smoke else _IMAGE.value
   result = {'machine': platform.machine(), 'device': str(jax.devices()[0]), 'jax': jax.__version__,
@@ -209,6 +251,9 @@ def main(argv):
   if _ONLY.value in (None, 'barrier'):
     result['barrier'] = barrier_wall_time(3 if smoke else 11, 64 if smoke else 2000, 32 if smoke else 1000,
                                           image)
+  if _ONLY.value in (None, 'seeds'):  # final.seeds_at_once: 8 seeds of small_cnn (Fashion-MNIST size), ResNet-20
+    result['seeds'] = [seeds_figures('small_cnn', 2 if smoke else 8, 8 if smoke else 128, 8 if smoke else 28, 1, steps),
+                       seeds_figures('resnet20', 2 if smoke else 8, 8 if smoke else 128, image, 3, steps)]
   print(json.dumps(result))
 
 
