@@ -126,11 +126,10 @@ def without_timing(results):
   return {stage: [{k: v for k, v in r.items() if k != 'wall_s'} for r in rows] for stage, rows in results.items()}
 
 
-def wait_for(path, process, timeout=240):
-  start = time.time()
+def wait_for(path, process):
+  """Waits until `path` exists; fails if the (finite) run ends without writing it."""
   while not os.path.exists(path):
     assert process.poll() is None, process.communicate()
-    assert time.time() - start < timeout
     time.sleep(0.05)
 
 
