@@ -284,17 +284,24 @@ def train_epochs(setup: Setup, step_fn: Callable, state: train.TrainState, *, se
         partial.save(global_step, state, Position(epoch, done, float(loss_sum), int(correct)))
       if signum:
         raise stop(signum, f'in {label}, epoch {epoch + 1}, step {done}/{steps},')
-    train_loss = float(loss_sum) / steps
-    if not math.isfinite(train_loss):
-      raise UserError(f'the training loss became {train_loss} in {label}, epoch {epoch + 1}: the run diverged; '
-                      f'lower --config.optimizer.lr (now {setup.config.optimizer.lr}) and rerun (a workdir '
-                      f'with checkpoints needs --config.overwrite=True or another --workdir; nothing written is lost)')
-    metrics = {'train_loss': train_loss, 'train_accuracy': int(correct) / (steps * setup.config.batch_size),
-               **{f'test_{k}': v for k, v in setup.evaluate(state).items()}}
+    metrics = epoch_metrics(setup, state, float(loss_sum), int(correct), label=label, epoch=epoch)
     log.write({'phase': label, 'epoch': epoch + 1, **metrics}, global_step)
     if on_epoch_end:
       on_epoch_end(epoch + 1, state, metrics)
   return state, metrics
+
+
+def epoch_metrics(setup: Setup, state: train.TrainState, loss_sum: float, correct: int, *, label: str,
+                  epoch: int) -> dict:
+  """An epoch's training loss and accuracy from its running sums, and the test metrics; UserError if it diverged."""
+  steps = setup.steps_per_epoch
+  train_loss = loss_sum / steps
+  if not math.isfinite(train_loss):
+    raise UserError(f'the training loss became {train_loss} in {label}, epoch {epoch + 1}: the run diverged; '
+                    f'lower --config.optimizer.lr (now {setup.config.optimizer.lr}) and rerun (a workdir '
+                    f'with checkpoints needs --config.overwrite=True or another --workdir; nothing written is lost)')
+  return {'train_loss': train_loss, 'train_accuracy': correct / (steps * setup.config.batch_size),
+          **{f'test_{k}': v for k, v in setup.evaluate(state).items()}}
 
 
 def pruning_stage(setup: Setup, workdir: str, log: reporting.MetricsLog) -> None:
@@ -609,12 +616,7 @@ def final_runs_vmapped(setup: Setup, tx, source: train.TrainState | None, signed
           raise stop(signum, f'in final {mode} (seeds {pending} together), epoch {epoch + 1}, step {step + 1}/{steps},')
       for k, seed in enumerate(pending):
         state = jax.tree.map(lambda x, k=k: x[k], stacked)
-        train_loss = float(loss_sum[k]) / steps
-        if not math.isfinite(train_loss):
-          raise UserError(f'the training loss became {train_loss} in {labels[seed]}, epoch {epoch + 1}: the run '
-                          f'diverged; lower --config.optimizer.lr (now {config.optimizer.lr}) and rerun')
-        metrics = {'train_loss': train_loss, 'train_accuracy': int(correct[k]) / (steps * config.batch_size),
-                   **{f'test_{key}': v for key, v in setup.evaluate(state).items()}}
+        metrics = epoch_metrics(setup, state, float(loss_sum[k]), int(correct[k]), label=labels[seed], epoch=epoch)
         log.write({'phase': labels[seed], 'epoch': epoch + 1, **metrics}, global_step)
         save_final(setup, checkpoints[seed], epoch + 1, state, metrics, mode=mode, source_round=source_round,
                    seed=seed, start_signs=start_signs[seed], wall_s=time.time() - start)

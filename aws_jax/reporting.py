@@ -1,12 +1,29 @@
 """What a run writes for people: per-epoch metrics (JSONL + TensorBoard), results.json and a summary table."""
 import json
 import os
+import sys
 import time
 
 import jax
-import tensorboardX
-from tensorboardX import event_file_writer
-from tensorboardX.proto import event_pb2
+
+
+def _import_tensorboardx():
+  """tensorboardX, without the `import torch` its writer makes where PyTorch is installed (2.5 s at every start) only
+  to accept torch tensors, which aws_jax never gives it."""
+  blocked = 'torch' not in sys.modules
+  if blocked:
+    sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX handles
+  try:
+    import tensorboardX  # pylint: disable=import-outside-toplevel
+    return tensorboardX
+  finally:
+    if blocked:
+      del sys.modules['torch']
+
+
+tensorboardX = _import_tensorboardx()
+from tensorboardX import event_file_writer  # pylint: disable=wrong-import-position
+from tensorboardX.proto import event_pb2  # pylint: disable=wrong-import-position
 
 
 def is_main_process() -> bool:

@@ -26,7 +26,7 @@ def test_bench_smoke_prints_every_figure():
   assert figures['aws_overhead']['ms_lrr'] > 0
   assert figures['stage']['train_step_compilations'] == 1
   assert figures['barrier']['points'] == 3 and figures['barrier']['wall_s'] > 0
-  assert [(s['model'], s['seeds']) for s in figures['seeds']] == [('small_cnn', 2), ('resnet20', 2)]
+  assert [(s['model'], s['seeds']) for s in figures['seeds']] == [('small_cnn', 2)]  # ResNet-20 too at full size
   assert all(s['vmapped_images_per_s'] > 0 and s['sequential_images_per_s'] > 0 for s in figures['seeds'])
 
 

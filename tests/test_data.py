@@ -1,8 +1,11 @@
 """Tests for aws_jax.data: loading (digits, small prepared TFDS datasets, Fashion-MNIST IDX, a Tiny-ImageNet folder
 tree), ImageNet's streaming pipeline on a fake prepared imagenet2012, normalize, augment."""
+import importlib.util
 import io
 import shutil
 import socket
+import subprocess
+import sys
 import zipfile
 
 import grain
@@ -55,6 +58,19 @@ def test_digits_split_is_fixed_and_disjoint(digits):
   train_rows = {row.tobytes() for row in digits.train_images.reshape(1437, -1)}
   test_rows = [row.tobytes() for row in digits.test_images.reshape(360, -1)]
   assert sum(row in train_rows for row in test_rows) < 20  # Only the rare duplicate images of the dataset.
+
+
+def test_digits_are_scikit_learns_read_without_importing_it(digits, monkeypatch):
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  reference = load_digits()
+  order = np.random.default_rng(0).permutation(1797)  # the fixed split
+  np.testing.assert_array_equal(digits.train_images, reference.images[order[:1437], :, :, None])
+  np.testing.assert_array_equal(digits.test_labels, reference.target[order[1437:]])
+  result = subprocess.run([sys.executable, '-c', 'import sys; from aws_jax import data; data.load("digits"); '
+                           'print("sklearn" in sys.modules)'], capture_output=True, text=True, timeout=120)
+  assert result.stdout.strip() == 'False', result.stderr
+  monkeypatch.setattr(importlib.util, 'find_spec', lambda name: None)  # no CSV found: load_digits itself
+  np.testing.assert_array_equal(data.load('digits').train_images, digits.train_images)
 
 
 def test_digits_statistics_match_numpy(digits):

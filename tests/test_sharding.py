@@ -4,10 +4,12 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, run_cli
+from aws_jax import protocol
+from conftest import REPO, run_cli, tiny_digits_config
 
 # Trains a few steps, prunes once, trains a few more on however many devices XLA was given; saves what it saw.
 STEPS_SCRIPT = '''
@@ -70,16 +72,20 @@ def test_eight_devices_train_and_prune_like_one(one_device, tmp_path, fsdp):
 
 
 def test_checkpoints_move_between_one_and_eight_devices(tmp_path):
-  """Pruning on 8 devices, final stage on 1, and the other way round."""
+  """Pruning on 8 devices, final stage on 1, and the other way round (one device: this process)."""
+  assert jax.device_count() == 1
+  common = {'prune.rounds': 1, 'prune.warmup_epochs': 1, 'prune.round_epochs': 1, 'final.modes': ('signed',),
+            'final.epochs': 1, 'barrier.psi_reset': False}
   for first, second in ((8, 1), (1, 8)):
     workdir = tmp_path / f'{first}_then_{second}'
-    common = ('--config.prune.rounds=1', '--config.prune.warmup_epochs=1', '--config.prune.round_epochs=1',
-              '--config.final.modes=("signed",)', '--config.final.epochs=1',
-              '--config.barrier.psi_reset=False')
     for devices, stage in ((first, 'prune'), (second, 'final')):
+      if devices == 1:
+        protocol.run(tiny_digits_config(**common, stage=stage), str(workdir))
+        continue
+      flags = [f'--config.{key}={value}' for key, value in {**common, 'stage': stage}.items()]
       os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
       try:
-        result = run_cli(workdir, f'--config.stage={stage}', *common)
+        result = run_cli(workdir, *flags)
       finally:
         del os.environ['XLA_FLAGS']
       assert result.returncode == 0, result.stderr[-3000:]
