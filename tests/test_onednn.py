@@ -1,4 +1,5 @@
 """oneDNN's convolutions equal lax's, forward and backward; models use them on CPU; without them, XLA's run."""
+import os
 import pathlib
 import shutil
 
@@ -14,7 +15,9 @@ from aws_jax import conv, models, onednn
 
 # CI installs libdnnl-dev and g++ (.ci/run); elsewhere, without them, only the fallback is tested.
 BUILDABLE = shutil.which('c++') is not None and pathlib.Path('/usr/include/dnnl.hpp').exists()
-needs_onednn = pytest.mark.skipif(not BUILDABLE, reason='needs g++ and libdnnl-dev')
+needs_build = pytest.mark.skipif(not BUILDABLE, reason='needs g++ and libdnnl-dev')
+needs_onednn = pytest.mark.skipif(not BUILDABLE or os.environ.get('AWS_JAX_ONEDNN') == '0',
+                                  reason='needs g++ and libdnnl-dev, and oneDNN not turned off by AWS_JAX_ONEDNN=0')
 # oneDNN 2.x has float32 Winograd convolutions for AVX-512 only; elsewhere winograd=True runs the direct ones.
 AVX512 = 'avx512f' in pathlib.Path('/proc/cpuinfo').read_text() if pathlib.Path('/proc/cpuinfo').exists() else False
 DN = ('NHWC', 'HWIO', 'NHWC')
@@ -172,7 +175,7 @@ def test_unbuildable_onednn_falls_back_to_xla(monkeypatch, tmp_path):
     onednn.available.cache_clear()
 
 
-@needs_onednn
+@needs_build
 def test_build_is_cached_by_content(monkeypatch, tmp_path):
   """The first use compiles into $AWS_JAX_CACHE; the next finds the library there and compiles nothing."""
   monkeypatch.setenv('AWS_JAX_CACHE', str(tmp_path))
