@@ -190,7 +190,7 @@ def seeds_figures(model_name: str, seeds: int, batch: int, image: int, channels:
     params, batch_stats = init(model, jax.random.PRNGKey(seed), (image, image, channels))
     states.append(train.create_state(params, batch_stats, pruning.full_mask(params), jax.tree.map(jnp.copy, params),
                                      tx, jax.random.PRNGKey(seed)))
-  is_norm = pruning.norm_leaves(jax.tree.map(lambda x: x, states[0].params))
+  is_norm = pruning.norm_leaves(states[0].params)
   step = train.make_train_step(model, tx, aws=False, is_norm=is_norm, augmentation='none',
                                mean=np.zeros(channels, np.float32), std=np.ones(channels, np.float32))
   rng = np.random.default_rng(0)
