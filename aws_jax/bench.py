@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from aws_jax import allocator, barrier, cli, conv, models, onednn, protocol, pruning, train
+from aws_jax import allocator, barrier, cli, conv, engine, models, onednn, pruning, train
 from aws_jax import config as config_lib
 
 _ONLY = flags.DEFINE_enum('only', None, ['step', 'matmul', 'stage', 'barrier', 'seeds'],
@@ -147,13 +147,14 @@ def stage_compilations(rounds: int, steps_per_round: int) -> dict:
   """Compilations of the train step over a pruning stage of `rounds` rounds on digits (must be 1)."""
   config = config_lib.base_config()
   config.batch_size = 64
-  setup = protocol.make_setup(config)
+  setup = engine.make_setup(config)
   tx = setup.optimizer('constant', 1)
-  step = setup.jit_train_step(tx, aws=True)
+  step = setup.step('constant', 1, aws=True)
   state = setup.fresh_state(1, tx)
   for round_index in range(rounds + 1):
     if round_index:
-      params, mask = protocol.prune(state.params, state.mask, setup.prunable, 0.2)
+      mask = pruning.prune_by_score(jax.tree.map(jnp.abs, state.params), state.mask, setup.prunable, 0.2)
+      params = pruning.apply_mask(state.params, mask)
       state = setup.place(state.replace(params=params, mask=mask, opt_state=tx.init(params)), tx)
     for indices in train.epoch_order(1, round_index, 0, 1437, 64)[:steps_per_round]:
       state, _ = step(state, setup.train_images, setup.train_labels, setup.put_batch(indices))

@@ -8,8 +8,8 @@ import ml_collections
 from absl import flags, logging
 
 from aws_jax import config as config_lib
-from aws_jax import workdir as workdir_lib
 from aws_jax.errors import UserError
+from aws_jax.rundir import Lock, RunDir
 
 HELP_FLAGS = {'--help', '-h', '-?', '--helpshort', '--helpfull'}
 
@@ -64,8 +64,9 @@ def quiet_logging():
 def check_workdir(workdir: str) -> None:
   """Exits on one line unless `workdir` is (or can be made) a writable directory that no other run is using."""
   try:
-    workdir_lib.check_writable(workdir)
-    with workdir_lib.Lock(workdir):
+    rundir = RunDir(workdir)
+    rundir.check_writable()
+    with Lock(rundir):
       pass
   except UserError as e:
     exit_with(e)

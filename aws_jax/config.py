@@ -8,6 +8,7 @@ import re
 
 import ml_collections
 
+from aws_jax import starts
 from aws_jax.errors import UserError
 
 DATASETS = ('digits', 'fashion_mnist', 'cifar10', 'cifar100', 'tiny_imagenet', 'imagenet2012')
@@ -16,7 +17,7 @@ MODELS = ('small_cnn', 'resnet20', 'resnet56', 'vgg11', 'vgg13', 'vgg16', 'vgg19
 METHODS = ('aws', 'lrr', 'imp', 'imp_wr', 'oneshot', 'random')  # and 'aws+imp', 'aws+imp_wr', … (see `recipe`)
 SCOPES = ('global', 'layerwise')
 STAGES = ('all', 'prune', 'final')
-MODES = ('signed', 'mask', 'retrain', 'random_signs', 'random_mask', 'dense')  # final-training starts
+MODES = tuple(starts.STARTS)  # final-training starts (aws_jax/starts.py)
 STARTS = ('signed', 'mask', 'random_signs', 'random_mask', 'dense')  # a study's default grid
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('step', 'cosine', 'constant')
@@ -175,23 +176,23 @@ def recipe(method: str) -> Recipe:
   return dataclasses.replace(_RECIPES[base], interpolate='aws' in parts)
 
 
-def last_round(config: ml_collections.ConfigDict) -> int:
-  """The last pruning round: `rounds`, or 1 for a one-shot method."""
-  return 1 if recipe(config.method).oneshot else config.prune.rounds
+def last_round(config: ml_collections.ConfigDict, method: str | None = None) -> int:
+  """The last pruning round of `method` (default `config.method`): `rounds`, or 1 for a one-shot method."""
+  return 1 if recipe(method or config.method).oneshot else config.prune.rounds
 
 
-def round_fraction(config: ml_collections.ConfigDict) -> float:
+def round_fraction(config: ml_collections.ConfigDict, method: str | None = None) -> float:
   """The fraction of alive weights each pruning removes (one-shot: all rounds' worth at once)."""
-  if recipe(config.method).oneshot:
+  if recipe(method or config.method).oneshot:
     return 1 - (1 - config.prune.fraction) ** config.prune.rounds
   return config.prune.fraction
 
 
-def round_epochs(config: ml_collections.ConfigDict, round_index: int) -> int:
+def round_epochs(config: ml_collections.ConfigDict, round_index: int, method: str | None = None) -> int:
   """Training epochs of a round: the warm-up, `round_epochs`, or all rounds' epochs for a one-shot method."""
   if round_index == 0:
     return config.prune.warmup_epochs
-  return config.prune.round_epochs * (config.prune.rounds if recipe(config.method).oneshot else 1)
+  return config.prune.round_epochs * (config.prune.rounds if recipe(method or config.method).oneshot else 1)
 
 
 def source_round(config: ml_collections.ConfigDict) -> int:
@@ -199,9 +200,16 @@ def source_round(config: ml_collections.ConfigDict) -> int:
   return last_round(config) if config.final.source_round == -1 else config.final.source_round
 
 
-def fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """The config as a flat dict of what determines a run's results (RERUN_KEYS left out)."""
-  flat = {}
+SCHEMA = 2  # of config.json: 1 (no "schema" key) until keys added later could be told apart from changed ones
+# Keys added since the first schema, with the value that reproduces how runs were made before each existed (where
+# that is not the key's default): a run directory written before a key existed resumes when it has this value.
+LEGACY_DEFAULTS: dict = {}
+
+
+def fingerprint(config: ml_collections.ConfigDict, method: str | None = None) -> dict:
+  """The config as a flat dict of what determines a run's results (RERUN_KEYS left out), with its schema version;
+  `method` stands for `config.method` (a study's run directory of one method)."""
+  flat = {'schema': SCHEMA}
 
   def walk(node, prefix):
     for key, value in node.items():
@@ -212,7 +220,44 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
         flat[name] = list(value) if isinstance(value, tuple) else value
 
   walk(config, '')
+  if method is not None:
+    flat['method'] = method
   return flat
+
+
+def _legacy_value(key: str):
+  if key in LEGACY_DEFAULTS:
+    return LEGACY_DEFAULTS[key]
+  value = fingerprint(base_config()).get(key)
+  return value
+
+
+def changed_keys(previous: dict, current: dict) -> list[str]:
+  """The keys whose values differ between a recorded fingerprint and this one. A key the record lacks (written
+  before the key existed) counts as changed only where this config's value differs from `_legacy_value`."""
+  changed = []
+  for key in sorted((set(previous) | set(current)) - {'schema'}):
+    if key in previous and key in current:
+      if previous[key] != current[key]:
+        changed.append(key)
+    elif key in current:
+      if current[key] != _legacy_value(key):
+        changed.append(key)
+    # A key only the record has was removed from aws_jax: it decides nothing now.
+  return changed
+
+
+def refusal(root: str, previous: dict, current: dict, changed: list[str]) -> str:
+  """The one-line refusal of a run directory whose recorded config differs in `changed`."""
+  added = [k for k in changed if k not in previous]
+  if added:
+    flags = ' '.join(f'--config.{k}={_legacy_value(k)!r}' if isinstance(_legacy_value(k), str) else
+                     f'--config.{k}={_legacy_value(k)}' for k in added)
+    return (f'{root} was written by an earlier aws_jax, before {", ".join(added)} existed; resume it with {flags} '
+            f'(how it was made), or rerun with --config.overwrite=True to replace it, or choose another --workdir')
+  key = changed[0]
+  return (f'{root} holds a run with {key}={previous.get(key)!r} (this config: {current.get(key)!r}); rerun with '
+          f'--config.overwrite=True to replace it, or choose another --workdir')
 
 
 def describe_keys() -> str:

@@ -21,11 +21,10 @@ import numpy as np
 from absl import app, flags
 from matplotlib.figure import Figure
 
-from aws_jax import cli
+from aws_jax import cli, starts
 from aws_jax.errors import UserError
 
-MODE_COLORS = {'signed': 'C0', 'mask': 'C1', 'retrain': 'C2', 'random_signs': 'C3', 'random_mask': 'C4',
-               'dense': 'k', 'pruning stage': 'C7'}
+MODE_COLORS = {**{name: start.color for name, start in starts.STARTS.items()}, 'dense': 'k', 'pruning stage': 'C7'}
 METHOD_STYLES = {'aws': ('-', 'o'), 'lrr': ('--', 's'), 'imp': (':', 'D'), 'imp_wr': (':', 'v'),
                  'oneshot': ('-.', 'P'), 'random': ('-.', 'x')}  # others: ('-.', '^')
 

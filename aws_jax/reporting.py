@@ -6,6 +6,8 @@ import time
 
 import jax
 
+from aws_jax.rundir import RunDir
+
 
 def _import_tensorboardx():
   """tensorboardX, without the `import torch` its writer makes where PyTorch is installed (2.5 s at every start) only
@@ -45,9 +47,9 @@ class MetricsLog:
   Either way, a run interrupted and resumed any number of times reads like an uninterrupted one.
   """
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._tensorboard_dir = os.path.join(workdir, 'tensorboard')
+  def __init__(self, rundir: RunDir):
+    self.path = rundir.metrics
+    self._tensorboard_dir = rundir.tensorboard
     self._lines = {}
     if is_main_process() and os.path.exists(self.path):
       with open(self.path) as f:

@@ -297,7 +297,8 @@ def _save_signs_of(out: str, signed: dict, metadata: dict, exclude=None) -> dict
 
 def export(config, workdir: str, round_index: int | None, out: str) -> dict:
   """Writes the signs of pruning round `round_index` (None: the last saved) of the run in `workdir`; its metadata."""
-  directory = os.path.join(workdir, 'checkpoints', 'prune')
+  from aws_jax.rundir import PRUNE, RunDir  # pylint: disable=import-outside-toplevel
+  directory = RunDir(workdir).checkpoints(PRUNE)
   if not os.path.isdir(directory):
     raise UserError(f'{workdir} holds no pruning checkpoints ({directory} does not exist); check --workdir, '
                     f'or run the pruning stage first')

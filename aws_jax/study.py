@@ -33,8 +33,8 @@ from ml_collections import config_flags
 
 from aws_jax import cli
 from aws_jax import config as config_lib
-from aws_jax import workdir as workdir_lib
 from aws_jax.errors import UserError
+from aws_jax.rundir import Lock, RunDir
 
 CSV_FIELDS = ('method', 'start', 'source_round', 'fraction_left', 'seed', 'test_accuracy', 'test_loss',
               'train_accuracy', 'epochs', 'wall_s')
@@ -54,7 +54,7 @@ def method_config(config: ml_collections.ConfigDict, method: str) -> ml_collecti
 
 def source_rounds(config: ml_collections.ConfigDict, method: str) -> list[int]:
   """The study's source rounds of `method`, −1 resolved to its last round, sorted, without repeats."""
-  last = config_lib.last_round(method_config(config, method))
+  last = config_lib.last_round(config, method)
   return sorted({last if r == -1 else r for r in config.study.source_rounds})
 
 
@@ -75,7 +75,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       config_lib.validate(method_config(config, method))
     except UserError as e:
       raise UserError(f'--config.study.methods has {method!r}: {e}') from None
-    last = config_lib.last_round(method_config(config, method))
+    last = config_lib.last_round(config, method)
     for r in study.source_rounds:
       if not -1 <= r <= last:
         raise UserError(f'--config.study.source_rounds has {r}, never reached by {method}: its pruning stage runs '
@@ -92,7 +92,7 @@ def plan(config: ml_collections.ConfigDict) -> dict[str, list[tuple[int, tuple[s
   for index, method in enumerate(config.study.methods):
     rounds = {r: starts for r in source_rounds(config, method)}
     if index == 0 and DENSE in config.study.starts:
-      last = config_lib.last_round(method_config(config, method))
+      last = config_lib.last_round(config, method)
       rounds[last] = rounds.get(last, ()) + (DENSE,)
     runs[method] = sorted(rounds.items())
   return runs
@@ -271,23 +271,26 @@ def figures(config: ml_collections.ConfigDict, rows: Sequence[dict], summaries: 
 def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, str] | None = None) -> dict:
   """Runs (or resumes) the grid of `config.study` and writes the study's files in `workdir`.
 
+  One `Setup` (data loaded once, each step compiled once) serves every method's pruning stage and final trainings.
   `run_dirs` may place a method's run directory elsewhere (e.g. one that `python -m aws_jax.main` already filled
   with the same config). Returns {'rows', 'summaries', 'differences', 'rounds': {method: round records},
   'run_dirs', 'files'}. Raises UserError for a bad grid before anything is created.
   """
   validate(config)
-  from aws_jax import protocol  # pylint: disable=import-outside-toplevel  # heavy: after the checks
+  from aws_jax import engine, protocol  # pylint: disable=import-outside-toplevel  # heavy: after the checks
   directories = {m: (run_dirs or {}).get(m, os.path.join(workdir, m)) for m in config.study.methods}
-  workdir_lib.check_writable(workdir)
+  study_dir = RunDir(workdir)
+  study_dir.check_writable()
   rows, rounds = [], {}
-  with workdir_lib.Lock(workdir):
+  with Lock(study_dir):
+    setup = engine.make_setup(config)
     for method, invocations in plan(config).items():
-      for index, (source_round, modes) in enumerate(invocations):
-        run_config = method_config(config, method)
-        run_config.stage = 'all' if index == 0 else 'final'
-        run_config.final.source_round = source_round
-        run_config.final.modes = modes
-        results = protocol.run(run_config, directories[method])
+      rundir = RunDir(directories[method])
+      rundir.check_writable()
+      with Lock(rundir):
+        protocol.prepare(config, rundir, method)
+        results = protocol.run_method(setup, rundir, method=method, stage='all', finals=invocations,
+                                      seeds=tuple(config.study.seeds))
       rows += rows_of(config, method, results)
       rounds[method] = results['rounds']
     rows = sort_rows(rows, config.study.methods, config.study.starts)

@@ -12,11 +12,12 @@ import numpy as np
 import optax
 import pytest
 
-from aws_jax import barrier, protocol, pruning, train
+from aws_jax import barrier, engine, protocol, pruning, stages, train
 from aws_jax import config as config_lib
 from aws_jax import data as data_lib
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
+from aws_jax.rundir import RunDir
 from conftest import REPO, tiny_digits_config
 
 DIGITS = data_lib.load('digits')
@@ -222,13 +223,13 @@ def digits_run(tmp_path_factory):
   config = tiny_digits_config(**{'prune.warmup_epochs': 2, 'prune.rounds': 1, 'prune.round_epochs': 1,
                                  'final.seeds': (2, 3), 'stage': 'prune', 'barrier.points': 5})
   results = protocol.run(config, workdir)
-  setup = protocol.make_setup(config)
+  setup = engine.make_setup(config)
   source, _, _ = barrier.load_checkpoint(setup, 'checkpoints/prune:1', workdir)
   tx = setup.optimizer('step', config.final.epochs)
   for seed in (2, 3):
     for mode in ('signed', 'retrain'):
-      state = protocol.start_final(setup, mode, pruning.signs(source.params, source.mask), seed, tx, source)
-      checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'final', f'{mode}_round1_seed{seed}'))
+      state = stages.start_state(setup, mode, pruning.signs(source.params, source.mask), seed, tx, source)
+      checkpoints = Checkpoints(RunDir(workdir).checkpoints(RunDir.final_name(mode, 1, seed)))
       checkpoints.save(1, state, {'mode': mode, 'source_round': 1, 'seed': seed,
                                  'test_accuracy': setup.evaluate(state)['accuracy']})
       checkpoints.close()
@@ -237,7 +238,7 @@ def digits_run(tmp_path_factory):
 
 def test_pruning_stage_records_the_psi_reset_barrier(digits_run):
   workdir, config, results = digits_run
-  setup = protocol.make_setup(config)
+  setup = engine.make_setup(config)
   for r in results['rounds']:
     assert len(r['psi_reset_test_error']) == len(r['psi_reset_curve']) == 5
     assert r['psi_reset_barrier'] == max(r['psi_reset_curve'])
@@ -250,7 +251,7 @@ def test_pruning_stage_records_the_psi_reset_barrier(digits_run):
 
 def test_presets_compare_the_papers_pairs_and_save_json_and_png(digits_run):
   workdir, config, results = digits_run
-  setup = protocol.make_setup(config)
+  setup = engine.make_setup(config)
   lmc = barrier.compare(setup, workdir, preset='lmc')
   assert (lmc['a'], lmc['b']) == ('checkpoints/final/signed_round1_seed2:1', 'checkpoints/final/retrain_round1_seed2:1')
   assert lmc['b_recorded_test_accuracy'] == pytest.approx(results['rounds'][1]['test_accuracy'])

@@ -13,12 +13,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from aws_jax import protocol, reporting
-from aws_jax import workdir as workdir_lib
+from aws_jax import protocol, reporting, stages
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
-from conftest import REPO, cli_command, run_cli, tensorboard_scalars, tiny_digits_config
-from test_protocol import assert_one_line_error, without_timing
+from aws_jax.rundir import Lock, RunDir
+from conftest import REPO, cli_command, run_cli, tensorboard_scalars, tiny_digits_config, without_times
+from test_protocol import assert_one_line_error
 
 # A short run (8 epochs of 22 steps) with a checkpoint every 10 steps: no ψ-reset barriers, one final start.
 FAULT_FLAGS = ('--config.prune.warmup_epochs=2', '--config.prune.rounds=2', '--config.prune.round_epochs=1',
@@ -55,7 +55,7 @@ def test_help_lists_the_config_keys_and_exits_0():
 
 
 def test_a_workdir_in_use_is_refused(tmp_path):
-  with workdir_lib.Lock(str(tmp_path)):
+  with Lock(RunDir(str(tmp_path))):
     result = run_cli(tmp_path)
     with pytest.raises(UserError, match='in use by a running aws_jax process'):
       protocol.run(tiny_digits_config(), str(tmp_path))
@@ -77,7 +77,7 @@ def test_a_failed_checkpoint_write_says_so_and_keeps_the_last_one(tmp_path, monk
   with pytest.raises(UserError, match='could not write checkpoint 1 .*No space left.*resumes from checkpoint 0'):
     protocol.run(config, str(tmp_path))
   monkeypatch.undo()
-  assert [s['round'] for s in protocol.saved_summaries(str(tmp_path / 'checkpoints' / 'prune'))] == [0]
+  assert [s['round'] for s in stages.saved_summaries(RunDir(str(tmp_path)).checkpoints('prune'))] == [0]
   results = protocol.run(config, str(tmp_path))
   assert [r['round'] for r in results['rounds']] == [0, 1]
 
@@ -93,11 +93,11 @@ def test_a_run_that_saved_nothing_can_be_rerun_with_another_config(tmp_path):
 
 
 def test_metrics_log_keeps_one_record_per_epoch_across_attempts(tmp_path):
-  first = reporting.MetricsLog(str(tmp_path))
+  first = reporting.MetricsLog(RunDir(str(tmp_path)))
   for epoch, step in ((1, 10), (2, 20), (3, 30)):
     first.write({'phase': 'round 0', 'epoch': epoch, 'test_accuracy': epoch / 10}, step)
   first.close()  # killed after epoch 3; the last checkpoint was at epoch 1
-  second = reporting.MetricsLog(str(tmp_path))
+  second = reporting.MetricsLog(RunDir(str(tmp_path)))
   for epoch, step in ((2, 20), (3, 30), (4, 40)):
     second.write({'phase': 'round 0', 'epoch': epoch, 'test_accuracy': epoch / 100}, step)
   second.write({'phase': 'round 1', 'epoch': 1, 'test_accuracy': 0.5}, 50)
@@ -110,7 +110,8 @@ def test_metrics_log_keeps_one_record_per_epoch_across_attempts(tmp_path):
 
 
 def finished_checkpoints(workdir) -> set:
-  return {root for root, _, _ in os.walk(os.path.join(workdir, 'checkpoints')) if os.path.basename(root).isdigit()}
+  root = os.path.dirname(RunDir(str(workdir)).checkpoints('prune'))
+  return {path for path, _, _ in os.walk(root) if os.path.basename(path).isdigit()}
 
 
 def kill_at_random_moments_until_done(workdir, rng: random.Random) -> int:
@@ -153,7 +154,7 @@ def test_killed_at_random_moments_ends_like_an_uninterrupted_run(tmp_path):
 def assert_same_run(workdir, reference) -> None:
   """`workdir` ended with `reference`'s results (but wall times), metrics, TensorBoard scalars and signed masks."""
   read = lambda run, name: (run / name).read_text()
-  assert without_timing(json.loads(read(workdir, 'results.json'))) == without_timing(
+  assert without_times(json.loads(read(workdir, 'results.json'))) == without_times(
       json.loads(read(reference, 'results.json')))
   assert read(workdir, 'metrics.jsonl') == read(reference, 'metrics.jsonl')
   assert tensorboard_scalars(workdir / 'tensorboard') == tensorboard_scalars(reference / 'tensorboard')
@@ -165,7 +166,7 @@ def assert_same_run(workdir, reference) -> None:
 
 def restored_signs(workdir) -> list:
   """The signed masks of every pruning round saved in `workdir`."""
-  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
+  checkpoints = Checkpoints(RunDir(str(workdir)).checkpoints('prune'))
   signs = [checkpoints._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state'][
       'signs'] for step in checkpoints.steps()]
   checkpoints.close()
@@ -177,7 +178,7 @@ def test_a_run_does_not_import_torch(tmp_path):
   PyTorch still imports afterwards."""
   pytest.importorskip('torch')
   code = ('import sys; from aws_jax import main, protocol, reporting, study; '
-          'log = reporting.MetricsLog(sys.argv[1]); log.write({"phase": "round 0", "epoch": 1, "loss": 1.0}, 1); '
+          'from aws_jax.rundir import RunDir; log = reporting.MetricsLog(RunDir(sys.argv[1])); log.write({"phase": "round 0", "epoch": 1, "loss": 1.0}, 1); '
           'log.close(); print(sorted(m for m in sys.modules if m.split(".")[0] == "torch")); import torch')
   result = subprocess.run([sys.executable, '-c', code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                           timeout=120)

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from aws_jax import config as config_lib
-from aws_jax import conv, onednn, preemption, protocol, pruning
+from aws_jax import conv, engine, onednn, preemption, protocol, pruning, stages
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
-from conftest import tiny_digits_config
+from aws_jax.rundir import RunDir
+from conftest import tiny_digits_config, without_times
 
 # Two short rounds; round_epochs=0 leaves each round's weights exactly as pruning (and rewinding) made them.
 SHORT = {'prune.warmup_epochs': 2, 'prune.rounds': 2, 'prune.round_epochs': 1, 'barrier.psi_reset': False,
@@ -26,9 +27,9 @@ def run(tmp_path, name, **overrides):
 
 
 def restore(config, workdir, directory, step):
-  setup = protocol.make_setup(config)
+  setup = engine.make_setup(config)
   tx = setup.optimizer('constant', config.prune.round_epochs)
-  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', directory))
+  checkpoints = Checkpoints(RunDir(workdir).checkpoints(directory))
   state = checkpoints.restore(step, setup.abstract_state(config.seed, tx))
   checkpoints.close()
   return setup, state
@@ -74,8 +75,7 @@ def test_imp_wr_rewinds_to_the_warm_up_epoch_and_resumes_bit_identically(tmp_pat
     protocol.run(config, str(tmp_path / 'stopped'))
   monkeypatch.undo()
   resumed = protocol.run(config, str(tmp_path / 'stopped'))
-  strip = lambda rows: [{k: v for k, v in r.items() if k != 'wall_s'} for r in rows]
-  assert strip(resumed['rounds']) == strip(results['rounds'])
+  assert without_times(resumed['rounds']) == without_times(results['rounds'])
 
 
 def test_oneshot_prunes_once_to_the_final_fraction(tmp_path):
@@ -114,7 +114,7 @@ def test_control_starts(tmp_path):
   tx = setup.optimizer('step', config.final.epochs)
   signed = pruning.signs(source.params, source.mask)
   fresh = setup.fresh_state(5, tx)
-  starts = {mode: protocol.start_final(setup, mode, signed, 5, tx, source)
+  starts = {mode: stages.start_state(setup, mode, signed, 5, tx, source)
             for mode in ('signed', 'random_signs', 'random_mask', 'dense')}
   carrying = [not n for n in jax.tree.leaves(setup.is_norm)]
   for name, state in starts.items():
@@ -150,12 +150,12 @@ def test_seeds_trained_together_match_seeds_trained_one_by_one(tmp_path):
     assert (a['mode'], a['seed']) == (b['mode'], b['seed'])
     assert b['test_accuracy'] == pytest.approx(a['test_accuracy'], abs=1 / 360 + 1e-9)  # at most one image apart
     assert b['train_loss'] == pytest.approx(a['train_loss'], rel=loss_rtol)
-  setup = protocol.make_setup(config)
+  setup = engine.make_setup(config)
   tx = setup.optimizer('step', config.final.epochs)
   for seed in (2, 3):
     states = []
     for choice in ('sequential', 'vmap'):
-      checkpoints = Checkpoints(os.path.join(tmp_path, choice, 'checkpoints', 'final', f'signed_round2_seed{seed}'))
+      checkpoints = Checkpoints(RunDir(str(tmp_path / choice)).checkpoints(RunDir.final_name('signed', 2, seed)))
       states.append(checkpoints.restore(config.final.epochs, setup.abstract_state(seed, tx)))
       checkpoints.close()
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=parameter_share * float(np.max(np.abs(a)))),

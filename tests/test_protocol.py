@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from aws_jax import config as config_lib
-from aws_jax import protocol, pruning, reporting
+from aws_jax import engine, loop, protocol, pruning, reporting, stages
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
-from conftest import run_cli, tensorboard_scalars, tiny_digits_config
+from aws_jax.rundir import RunDir
+from conftest import run_cli, tensorboard_scalars, tiny_digits_config, without_times
 
 
 def expected_alive(total: int, rounds: int) -> list[int]:
@@ -30,9 +31,9 @@ def digits_run(tmp_path_factory):
 
 
 def restore_round(workdir, config, round_index):
-  setup = protocol.make_setup(config)
+  setup = engine.make_setup(config)
   tx = setup.optimizer('constant', config.prune.round_epochs)
-  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
+  checkpoints = Checkpoints(RunDir(workdir).checkpoints('prune'))
   state = checkpoints.restore(round_index, jax.eval_shape(lambda: setup.fresh_state(config.seed, tx)))
   checkpoints.close()
   return setup, state
@@ -86,7 +87,7 @@ def test_signed_transfer_starts_from_fresh_magnitudes_and_trained_signs(digits_r
   setup, source = restore_round(workdir, config, config.prune.rounds)
   tx = setup.optimizer('step', config.final.epochs)
   fresh = setup.fresh_state(5, tx)
-  start = protocol.start_final(setup, 'signed', pruning.signs(source.params, source.mask), 5, tx)
+  start = stages.start_state(setup, 'signed', pruning.signs(source.params, source.mask), 5, tx)
   trained_signs = pruning.signs(source.params, source.mask)
   for p, f, s, norm in zip(jax.tree.leaves(start.params), jax.tree.leaves(fresh.params),
                            jax.tree.leaves(trained_signs), jax.tree.leaves(setup.is_norm)):
@@ -117,10 +118,6 @@ def test_final_stage_alone_reuses_the_pruning_checkpoints(digits_run, tmp_path):
   assert again['rounds'] == results['rounds']
   modes = [(f['mode'], f['source_round']) for f in again['final']]
   assert ('mask', 1) in modes and ('signed', 3) in modes  # earlier final runs stay in results.json
-
-
-def without_timing(results):
-  return {stage: [{k: v for k, v in r.items() if k != 'wall_s'} for r in rows] for stage, rows in results.items()}
 
 
 # --- Bad input: one line on stderr, a non-zero exit, nothing already written lost. -------------------------------
@@ -186,9 +183,9 @@ def test_final_stage_from_a_round_never_reached(tmp_path):
 def test_checkpoint_of_another_model_is_refused(digits_run):
   workdir, config, _ = digits_run
   other = tiny_digits_config(model='resnet20')
-  setup = protocol.make_setup(other)
+  setup = engine.make_setup(other)
   tx = setup.optimizer('constant', other.prune.round_epochs)
-  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
+  checkpoints = Checkpoints(RunDir(workdir).checkpoints('prune'))
   with pytest.raises(UserError, match='does not match this model'):
     checkpoints.restore(0, jax.eval_shape(lambda: setup.fresh_state(1, tx)))
   checkpoints.close()
@@ -196,18 +193,18 @@ def test_checkpoint_of_another_model_is_refused(digits_run):
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
   config = tiny_digits_config()
-  setup = protocol.make_setup(config)
+  setup = engine.make_setup(config)
   tx = setup.optimizer('step', config.final.epochs)
-  step_fn = setup.jit_train_step(tx, aws=False)
+  step_fn = setup.step('step', config.final.epochs, aws=False)
 
   def poisoned_step(state, images, labels, indices):
     state, metrics = step_fn(state, images, labels, indices)
     return state, {**metrics, 'loss': metrics['loss'] * np.nan}
 
-  log = reporting.MetricsLog(str(tmp_path))
+  log = reporting.MetricsLog(RunDir(str(tmp_path)))
   with pytest.raises(UserError, match='loss became nan in final, epoch 1.*lower --config.optimizer.lr'):
-    protocol.train_epochs(setup, poisoned_step, setup.fresh_state(1, tx), seed=1, phase=0, epochs=range(2),
-                          label='final', log=log)
+    loop.train_epochs(setup, poisoned_step, [setup.fresh_state(1, tx)], [loop.Member(1, 'final')], phase=0,
+                      epochs=range(2), log=log)
   log.close()
   result = run_cli(tmp_path / 'diverged', '--config.optimizer.lr=1e30')
   assert_one_line_error(result, 'loss became', 'round 0, epoch 1', 'lower --config.optimizer.lr')

@@ -17,17 +17,18 @@ import sys
 import jax, numpy as np
 sys.path.insert(0, 'tests')
 from conftest import tiny_digits_config
-from aws_jax import protocol, train
+from aws_jax import engine, pruning, train
 config = tiny_digits_config(**{'mesh.fsdp': int(sys.argv[2])})
-setup = protocol.make_setup(config)
+setup = engine.make_setup(config)
 tx = setup.optimizer('constant', 1)
-step = setup.jit_train_step(tx, aws=True)
+step = setup.step('constant', 1, aws=True)
 state = setup.fresh_state(1, tx)
 order = train.epoch_order(1, 0, 0, 1437, config.batch_size)
 losses, alphas = [], []
 for i, indices in enumerate(order[:8]):
   if i == 4:
-    params, mask = protocol.prune(state.params, state.mask, setup.prunable, 0.5)
+    mask = pruning.prune_global_magnitude(state.params, state.mask, setup.prunable, 0.5)
+    params = pruning.apply_mask(state.params, mask)
     state = setup.place(state.replace(params=params, mask=mask, opt_state=tx.init(params)), tx)
   state, metrics = step(state, setup.train_images, setup.train_labels, setup.put_batch(indices))
   losses.append(float(metrics['loss'])); alphas.append(float(metrics['alpha']))

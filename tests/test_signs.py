@@ -12,10 +12,11 @@ import pytest
 
 from aws_jax import config as config_lib
 from aws_jax import data as data_lib
-from aws_jax import models, protocol, pruning, signs, train
+from aws_jax import engine, models, protocol, pruning, signs, train
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
-from conftest import REPO, tiny_digits_config
+from aws_jax.rundir import RunDir
+from conftest import REPO, tiny_digits_config, without_times
 
 T, F = True, False
 TINY_SIGNED = {'conv': {'kernel': np.array([[1, 0, -1], [0, -1, 1], [0, 0, 1]], np.int8)},
@@ -199,8 +200,8 @@ def test_cli_export_then_inspect(digits_run, tmp_path):
   assert result.returncode == 0, result.stderr
   assert f'{out}: small_cnn, round 2, 64.00% of the prunable weights left' in result.stdout
   signed, metadata = signs.load(str(out))
-  setup = protocol.make_setup(config)
-  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints', 'prune'))
+  setup = engine.make_setup(config)
+  checkpoints = Checkpoints(RunDir(workdir).checkpoints('prune'))
   state = checkpoints.restore(2, setup.abstract_state(config.seed, setup.optimizer('constant', 1)))
   summary = checkpoints.summary(2)
   checkpoints.close()
@@ -263,8 +264,7 @@ def test_final_trainings_from_the_file_equal_those_from_the_workdir(digits_run, 
   from_workdir = protocol.run(tiny_digits_config(**overrides, **final), workdir)
   from_file = protocol.run(tiny_digits_config(**overrides, **final, **{'final.signed_mask': str(out)}),
                            str(tmp_path / 'from_file'))
-  strip = lambda rows: [{k: v for k, v in r.items() if k != 'wall_s'} for r in rows]
-  assert strip(from_file['final']) == strip(from_workdir['final']) and len(from_file['final']) == 2
+  assert without_times(from_file['final']) == without_times(from_workdir['final']) and len(from_file['final']) == 2
   assert from_file['rounds'] == []  # no pruning stage ran
   with pytest.raises(UserError, match='holds the signs of a small_cnn model, not resnet20'):
     protocol.run(tiny_digits_config(model='resnet20', **final, **{'final.signed_mask': str(out)}),

@@ -25,6 +25,7 @@ from aws_jax import config as config_lib
 from aws_jax import data as data_lib
 from aws_jax import conv, plots, pruning, reporting, train
 from aws_jax.checkpoints import Checkpoints
+from aws_jax.rundir import PRUNE, RunDir
 from aws_jax.errors import UserError
 
 PyTree = Any
@@ -224,7 +225,7 @@ def parse_checkpoint(spec: str, workdir: str) -> tuple[str, int | None]:
 
 
 def load_checkpoint(setup, spec: str, workdir: str) -> tuple[train.TrainState, dict, str]:
-  """(state, summary, 'DIR:STEP') of the checkpoint `spec` names, for `setup` (a protocol.Setup)."""
+  """(state, summary, 'DIR:STEP') of the checkpoint `spec` names, for `setup` (an `engine.Setup`)."""
   directory, step = parse_checkpoint(spec, workdir)
   if not os.path.isdir(directory):
     raise UserError(f'no checkpoint directory {directory} (from {spec!r}, relative to --workdir={workdir})')
@@ -240,23 +241,25 @@ def load_checkpoint(setup, spec: str, workdir: str) -> tuple[train.TrainState, d
     state, summary = checkpoints.restore(step, template), checkpoints.summary(step)
   finally:
     checkpoints.close()
-  inside = directory.startswith(os.path.join(os.path.abspath(workdir), ''))
-  name = os.path.relpath(directory, workdir) if inside else directory
-  return state, summary, f'{name}:{step}'
+  return state, summary, f'{RunDir(workdir).relative(directory)}:{step}'
 
 
 def final_preset(preset: str, config, round_index: int, seeds) -> tuple[str, str, str, str]:
   """(a, b, name, label) of 'lmc' or 'sgd_noise': final-training checkpoints, relative to the workdir."""
   source = config_lib.source_round(config) if round_index < 0 else round_index
   seeds = list(seeds or config.final.seeds)
-  final = f'checkpoints/final/{{}}_round{source}_seed{{}}'
+  rundir = RunDir('.')
+
+  def final(start, seed):
+    return rundir.relative(rundir.checkpoints(RunDir.final_name(start, source, seed)))
+
   if preset == 'lmc':
-    return (final.format('signed', seeds[0]), final.format('retrain', seeds[0]), f'lmc_round{source}_seed{seeds[0]}',
+    return (final('signed', seeds[0]), final('retrain', seeds[0]), f'lmc_round{source}_seed{seeds[0]}',
             f'signed vs retrain, round {source}')
   if len(seeds) < 2 or seeds[0] == seeds[1]:
     raise UserError(f'--preset=sgd_noise compares two seeds, got {seeds}: give --seeds=2,3 (final trainings '
                     f'of both, e.g. --config.final.seeds="(2,3)")')
-  return (final.format('signed', seeds[0]), final.format('signed', seeds[1]),
+  return (final('signed', seeds[0]), final('signed', seeds[1]),
           f'sgd_noise_round{source}_seeds{seeds[0]}-{seeds[1]}',
           f'signed, seeds {seeds[0]} vs {seeds[1]}, round {source}')
 
@@ -265,7 +268,7 @@ def compare(setup, workdir: str, *, preset: str | None = None, a: str | None = N
             round_index: int = -1, seeds=()) -> dict:
   """The error curve between checkpoints `a` and `b`, or a preset's, JSON-ready, with a file name and a label.
 
-  `setup` is a protocol.Setup of the config that trained them; `config.barrier` sets the points, BatchNorm
+  `setup` is an `engine.Setup` of the config that trained them; `config.barrier` sets the points, BatchNorm
   batches and chunk. Presets (docs/method.md, "Analysis"): 'lmc', signed-mask transfer vs. retrained network of one
   source round and seed; 'sgd_noise', signed-mask transfers of two seeds; 'psi_reset', a pruning round's solution
   vs. itself with ψ reset to its initial value. `round_index` -1: the config's source round ('lmc', 'sgd_noise')
@@ -279,7 +282,7 @@ def compare(setup, workdir: str, *, preset: str | None = None, a: str | None = N
   if not preset and not (a and b):
     raise UserError(f'name two checkpoints with --a and --b, or a comparison with --preset={"|".join(PRESETS)}')
   if preset == 'psi_reset':
-    spec = 'checkpoints/prune' + (f':{round_index}' if round_index >= 0 else '')
+    spec = RunDir('.').relative(RunDir('.').checkpoints(PRUNE)) + (f':{round_index}' if round_index >= 0 else '')
     state_a, summary_a, name_a = load_checkpoint(setup, spec, workdir)
     state_b = state_a.replace(params=pruning.reset_norm(state_a.params, state_a.init_params, setup.is_norm))
     summary_b, name_b = {}, f'{name_a} with ψ reset'
@@ -293,7 +296,8 @@ def compare(setup, workdir: str, *, preset: str | None = None, a: str | None = N
       name = '_vs_'.join(re.sub(r'[^\w.-]+', '-', os.path.basename(n.replace(':', '-'))) for n in (name_a, name_b))
       label = f'{name_a} vs {name_b}'
   check_compatible(variables(state_a), variables(state_b), state_a.mask, state_b.mask)
-  data = setup.path_data()
+  from aws_jax import analyses  # pylint: disable=import-outside-toplevel  # it builds on this module
+  data = analyses.path_data(setup)
   curve = error_curve(setup.model, variables(state_a), variables(state_b), data, setup.config.barrier.points,
                       setup.config.barrier.chunk)
   method = (_workdir_config(workdir).get('method') or setup.config.method).upper()
@@ -304,7 +308,7 @@ def compare(setup, workdir: str, *, preset: str | None = None, a: str | None = N
 
 
 def _workdir_config(workdir: str) -> dict:
-  path = os.path.join(workdir, 'config.json')
+  path = RunDir(workdir).config
   if not os.path.exists(path):
     return {}
   with open(path) as f:
@@ -313,7 +317,7 @@ def _workdir_config(workdir: str) -> dict:
 
 def save(result: dict, workdir: str) -> tuple[str, str]:
   """Writes WORKDIR/barriers/NAME.json and NAME.png (the curve plotted); returns their paths."""
-  directory = os.path.join(workdir, 'barriers')
+  directory = RunDir(workdir).barriers
   os.makedirs(directory, exist_ok=True)
   stem = os.path.join(directory, result['name'])
   reporting.write_json(stem + '.json', result)

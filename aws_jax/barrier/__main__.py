@@ -11,7 +11,7 @@ Writes WORKDIR/barriers/NAME.json (α, test error and loss along the path, the c
 from absl import app, flags
 from ml_collections import config_flags
 
-from aws_jax import barrier, cli, protocol
+from aws_jax import barrier, cli, engine
 from aws_jax import config as config_lib
 from aws_jax.errors import UserError
 
@@ -37,7 +37,7 @@ def main(argv):
     cli.exit_with(f'--seeds={",".join(_SEEDS.value)} must be integers, e.g. --seeds=2,3')
   try:
     config_lib.validate(config)
-    result = barrier.compare(protocol.make_setup(config), _WORKDIR.value, preset=_PRESET.value, a=_A.value,
+    result = barrier.compare(engine.make_setup(config), _WORKDIR.value, preset=_PRESET.value, a=_A.value,
                              b=_B.value, round_index=_ROUND.value, seeds=seeds)
     json_path, png_path = barrier.save(result, _WORKDIR.value)
   except UserError as e:

@@ -1,0 +1,158 @@
+"""Measurements of trained networks, as registered entries.
+
+An analysis is a name, the kind of network it describes ('round': a pruning round's network; 'final': a final
+training's), and a function of the setup and that network (`Network`) that returns a JSON-able dict. Its result is
+stored beside what it describes (`RunDir.analysis`), computed once (a rerun reads it back), and merged into
+results.json and the study's table. Adding a measurement is one `register` call plus its test.
+"""
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from aws_jax import barrier, conv, pruning, reporting, sharding, timing, train
+from aws_jax.engine import Setup
+from aws_jax.errors import UserError
+from aws_jax.rundir import RunDir
+
+PyTree = Any
+
+
+@dataclasses.dataclass
+class Network:
+  """A trained network to analyse: its name in the run directory, its state, and what analyses may ask of its
+  history or its peers (`load(name)`: another network of the run directory, by name)."""
+  name: str
+  state: train.TrainState
+  previous_signs: PyTree | None = None   # a round's: the signs before this round's pruning and training
+  summary: dict = dataclasses.field(default_factory=dict)
+  load: Callable[[str], train.TrainState | None] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+  name: str
+  of: str                                  # 'round' or 'final'
+  compute: Callable[[Setup, Network], dict]
+  key: str                                 # its main output field: a record that has it needs no recomputing
+  category: str                            # where its seconds go in the time account
+  applies: Callable[[Setup], bool] = lambda setup: True
+
+
+ANALYSES: dict[str, Analysis] = {}
+
+
+def register(analysis: Analysis) -> Analysis:
+  ANALYSES[analysis.name] = analysis
+  return analysis
+
+
+def applicable(setup: Setup, of: str) -> list[Analysis]:
+  return [a for a in ANALYSES.values() if a.of == of and a.applies(setup)]
+
+
+def analyse(setup: Setup, rundir: RunDir, of: str, network: Network) -> dict:
+  """Every applicable analysis of `network`, each read back if stored (or recorded in its summary by an earlier
+  aws_jax), else computed and stored; merged into one dict, time fields summed."""
+  merged = {}
+  for analysis in applicable(setup, of):
+    if analysis.key in network.summary:
+      continue
+    path = rundir.analysis(network.name, analysis.name)
+    if os.path.exists(path):
+      with open(path) as f:
+        result = json.load(f)
+    else:
+      timer = timing.Timer()
+      with timer(analysis.category):
+        result = analysis.compute(setup, network)
+      result = {**result, **timer.fields()}
+      if reporting.is_main_process():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        reporting.write_json(path, result)
+    for k, v in result.items():
+      merged[k] = merged.get(k, 0.0) + v if k.startswith('time_') else v
+  return merged
+
+
+def stored(rundir: RunDir, network: str) -> dict:
+  """Every stored analysis of `network`, merged (time fields summed)."""
+  directory = os.path.dirname(rundir.analysis(network, 'x'))
+  merged = {}
+  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+    with open(os.path.join(directory, name)) as f:
+      for k, v in json.load(f).items():
+        merged[k] = merged.get(k, 0.0) + v if k.startswith('time_') else v
+  return merged
+
+
+# --- Shared inputs, built once per setup. -------------------------------------------------------------------------
+
+def _cached(setup: Setup, key: str, build: Callable):
+  if key not in setup._compiled:  # pylint: disable=protected-access
+    setup._compiled[key] = build()  # pylint: disable=protected-access
+  return setup._compiled[key]  # pylint: disable=protected-access
+
+
+def path_data(setup: Setup) -> barrier.PathData:
+  """What error barriers are measured on, as `config.barrier` says; built once per setup."""
+  if setup.streamed:
+    raise UserError(f'error barriers need {setup.config.dataset} in memory; run it with '
+                    f'--config.barrier.psi_reset=False')
+  config = setup.config
+  return _cached(setup, 'path_data', lambda: barrier.path_data(
+      setup.train_images, setup.test_images, setup.test_labels, setup.dataset.mean, setup.dataset.std,
+      batch_size=config.batch_size, bn_batches=config.barrier.bn_batches, eval_batch_size=config.eval_batch_size))
+
+
+def recalibrated(setup: Setup, state: train.TrainState) -> train.TrainState:
+  """`state` with BatchNorm statistics re-estimated at α = 0 on training batches (`barrier.bn_batches` of them;
+  one epoch if 0), as the barrier's points are."""
+  def build():
+    count = setup.config.barrier.bn_batches or -1
+    batches = sharding.put(barrier.bn_batch_indices(setup.dataset.num_train, setup.config.batch_size, count),
+                           sharding.replicated(setup.mesh))
+    reestimate = jax.jit(functools.partial(barrier.reestimate_batch_stats, setup.model),
+                         compiler_options=conv.compiler_options())
+    return lambda s: reestimate(s.params, s.batch_stats, setup.train_images, batches, setup.dataset.mean,
+                                setup.dataset.std)
+  return state.replace(batch_stats=_cached(setup, 'reestimate', build)(state))
+
+
+# --- The registered analyses. -------------------------------------------------------------------------------------
+
+def _recalibrated_accuracy(setup: Setup, network: Network) -> dict:
+  """Test loss and accuracy with BatchNorm statistics re-estimated at α = 0: under AWS the running statistics were
+  gathered under random α and can mislead; this measures the network that is evaluated and transferred."""
+  return {f'recalibrated_test_{k}': v for k, v in setup.evaluate(recalibrated(setup, network.state)).items()}
+
+
+def _psi_reset(setup: Setup, network: Network) -> dict:
+  """The error barrier (points of test error) between the network and itself with ψ reset; the curve and errors."""
+  curve = barrier.psi_reset_curve(setup.model, network.state, setup.is_norm, path_data(setup),
+                                  setup.config.barrier.points, setup.config.barrier.chunk)
+  return {'psi_reset_barrier': curve['barrier'], 'psi_reset_curve': curve['curve'],
+          'psi_reset_test_error': curve['test_error']}
+
+
+def _sign_changes(setup: Setup, network: Network) -> dict:
+  """How the surviving prunable weights' signs moved: since initialisation and since the previous round."""
+  state = network.state
+  since_init = pruning.sign_changes(state.init_params, state.params, state.mask, setup.prunable)
+  alive_before = jax.tree.map(lambda s, m: jnp.where(m, s, 0).astype(s.dtype), network.previous_signs, state.mask)
+  since_previous = pruning.sign_flips(alive_before, state.params, setup.prunable)
+  return {'signs_changed_from_init': since_init['overall'],
+          'signs_changed_from_previous': since_previous['overall'],
+          'signs_changed_layers': {layer: {'from_init': change, 'from_previous': since_previous['layers'][layer]}
+                                   for layer, change in since_init['layers'].items()}}
+
+
+register(Analysis('recalibrated_accuracy', 'round', _recalibrated_accuracy, key='recalibrated_test_accuracy',
+                  category='reestimate', applies=lambda setup: not setup.streamed))
+register(Analysis('psi_reset_barrier', 'round', _psi_reset, key='psi_reset_barrier', category='barrier',
+                  applies=lambda setup: setup.config.barrier.psi_reset))
+register(Analysis('sign_changes', 'round', _sign_changes, key='signs_changed_from_init', category='eval'))

@@ -1,0 +1,187 @@
+"""What every stage of a run shares, built once per config: the model, the data, the mesh, compiled steps.
+
+`make_setup(config)` loads the data and builds the model; `Setup.step` compiles a train step once per distinct
+(schedule, epochs, AWS or not, seeds at once) and hands the same compiled function to every later caller, so a
+study's methods, rounds and starts share their compilations.
+"""
+import dataclasses
+import itertools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from aws_jax import conv, models, pruning, sharding, train
+from aws_jax import data as data_lib
+from aws_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The model, the data (device-resident or streamed), the per-leaf rules and the mesh of one config."""
+  config: ml_collections.ConfigDict
+  model: Any
+  dataset: data_lib.Dataset | data_lib.StreamedDataset
+  train_images: jax.Array | None  # None when the dataset streams from disk (ImageNet)
+  train_labels: jax.Array | None
+  test_images: jax.Array | None
+  test_labels: jax.Array | None
+  is_norm: Any
+  prunable: Any
+  eval_step: Callable
+  mesh: jax.sharding.Mesh
+  _compiled: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  @property
+  def streamed(self) -> bool:
+    return self.train_images is None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.dataset.num_train // self.config.batch_size
+
+  def optimizer(self, schedule: str, epochs: int):
+    """SGD or Adam as `config.optimizer` says, over `epochs` epochs of `schedule`; one object per (schedule, epochs)."""
+    key = ('optimizer', schedule, epochs)
+    if key not in self._compiled:
+      opt = self.config.optimizer
+      total_steps = max(epochs, 1) * self.steps_per_epoch
+      self._compiled[key] = train.make_optimizer(opt.name, train.schedule(schedule, opt.lr, total_steps),
+                                                 opt.momentum, opt.weight_decay)
+    return self._compiled[key]
+
+  def train_step(self, tx, aws: bool) -> Callable:
+    """The pure train step for this model and data (not compiled)."""
+    make_step = train.make_batch_step if self.streamed else train.make_train_step
+    return make_step(self.model, tx, aws=aws, is_norm=self.is_norm, augmentation=self.dataset.augmentation,
+                     mean=self.dataset.mean, std=self.dataset.std, compute_dtype=self.config.compute_dtype)
+
+  def step(self, schedule: str, epochs: int, aws: bool, seeds: int = 1) -> Callable:
+    """The train step compiled for the mesh, state donated: one seed's state, or `seeds` states stacked (vmapped,
+    each with its own batch indices). Compiled once per distinct arguments; `population_inputs` feeds it."""
+    key = ('step', schedule, epochs, aws, seeds)
+    if key not in self._compiled:
+      tx = self.optimizer(schedule, epochs)
+      step = self.train_step(tx, aws)
+      if seeds > 1:
+        self._compiled[key] = jax.jit(jax.vmap(step, in_axes=(0, None, None, 0)), donate_argnums=0,
+                                      compiler_options=conv.compiler_options())
+      else:
+        state_shardings, replicated = self.state_shardings(tx), sharding.replicated(self.mesh)
+        batch = sharding.batch_sharding(self.mesh)
+        inputs = (batch, batch) if self.streamed else (replicated, replicated, batch)
+        self._compiled[key] = jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, *inputs),
+                                      out_shardings=(state_shardings, replicated),
+                                      compiler_options=conv.compiler_options())
+    return self._compiled[key]
+
+  def state_shardings(self, tx):
+    """Where each array of a training state with optimizer `tx` lives on the mesh."""
+    abstract = jax.eval_shape(lambda: self._unplaced_state(0, tx))
+    return sharding.state_shardings(self.mesh, abstract, self.config.mesh.fsdp > 1)
+
+  def epoch_inputs(self, seed: int, phase: int, epoch: int, start: int = 0):
+    """The train step's inputs for steps `start`, `start` + 1, … of one epoch; a function of (seed, phase, epoch)."""
+    batch_size = self.config.batch_size
+    if self.streamed:
+      batches = self.dataset.train_batches(batch_size, seed=seed, phase=phase, epoch=epoch,
+                                           workers=self.config.data_workers, process=self._process)
+      for images, labels in itertools.islice(batches, start, None):
+        yield self.put_rows(images), self.put_rows(labels)
+    else:
+      for indices in train.epoch_order(seed, phase, epoch, self.dataset.num_train, batch_size)[start:]:
+        yield self.train_images, self.train_labels, self.put_batch(indices)
+
+  def population_inputs(self, seeds, phase: int, epoch: int, start: int = 0):
+    """The inputs of `step(..., seeds=len(seeds))`: one seed's `epoch_inputs`, or every seed's batch indices
+    stacked (their own data orders) over the data in memory."""
+    if len(seeds) == 1:
+      yield from self.epoch_inputs(seeds[0], phase, epoch, start)
+      return
+    orders = np.stack([train.epoch_order(seed, phase, epoch, self.dataset.num_train, self.config.batch_size)
+                       for seed in seeds])
+    for step in range(start, self.steps_per_epoch):
+      yield self.train_images, self.train_labels, jnp.asarray(orders[:, step])
+
+  def _unplaced_state(self, seed: int, tx) -> train.TrainState:
+    key = jax.random.PRNGKey(seed)
+    init = jax.jit(train.init_variables, static_argnums=(0, 2))
+    params, batch_stats = init(self.model, key, self.dataset.image_shape)
+    init_params = jax.tree.map(jnp.copy, params)  # its own buffers: the step donates params
+    return train.create_state(params, batch_stats, pruning.full_mask(params), init_params, tx,
+                              jax.random.fold_in(key, 1))
+
+  def fresh_state(self, seed: int, tx) -> train.TrainState:
+    """A dense network initialised from `seed`, remembering its initial values, placed on the mesh."""
+    return self.place(self._unplaced_state(seed, tx), tx)
+
+  def place(self, state: train.TrainState, tx) -> train.TrainState:
+    """`state` (with optimizer `tx`) moved to where the compiled step expects it."""
+    return sharding.put_state(state, self.state_shardings(tx))
+
+  def abstract_state(self, seed: int, tx):
+    """Shapes, dtypes and shardings of a state: the target a checkpoint is restored into."""
+    abstract = jax.eval_shape(lambda: self._unplaced_state(seed, tx))
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+                        self.state_shardings(tx))
+
+  def abstract_params(self):
+    """Shapes and dtypes of the model's params."""
+    return jax.eval_shape(lambda: train.init_variables(self.model, jax.random.PRNGKey(0),
+                                                        self.dataset.image_shape))[0]
+
+  def put_batch(self, array) -> jax.Array:
+    """One batch's host array (indices, weights), the same on every host, split over the devices."""
+    return sharding.put(array, sharding.batch_sharding(self.mesh))
+
+  def put_rows(self, rows) -> jax.Array:
+    """This host's rows of a global batch, split over the devices."""
+    return jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh), rows)
+
+  @property
+  def _process(self) -> tuple[int, int]:
+    return jax.process_index(), jax.process_count()
+
+  def evaluate(self, state: train.TrainState) -> dict:
+    """Test loss and accuracy of `state` with its own BatchNorm statistics."""
+    devices = self.mesh.size
+    batch_size = -(-min(self.config.eval_batch_size, self.dataset.num_test) // devices) * devices
+    if not self.streamed:
+      return train.evaluate(self.eval_step, state.params, state.batch_stats, self.test_images, self.test_labels,
+                            batch_size, put_batch=self.put_batch)
+    totals = []
+    for images, labels, valid in self.dataset.test_batches(batch_size, workers=self.config.data_workers,
+                                                           process=self._process):
+      rows = self.put_rows(np.arange(images.shape[0], dtype=np.int32) + jax.process_index() * images.shape[0])
+      totals.append(self.eval_step(state.params, state.batch_stats, self.put_rows(images), self.put_rows(labels),
+                                   rows, self.put_rows(valid)))
+    loss, correct = np.sum(np.asarray(jax.device_get(totals)), axis=0)
+    return {'loss': float(loss / self.dataset.num_test), 'accuracy': float(correct / self.dataset.num_test)}
+
+
+def make_setup(config: ml_collections.ConfigDict) -> Setup:
+  """Loads the data, builds the model and the mesh of `config`; UserError for a batch the data or devices refuse."""
+  dataset = data_lib.load(config.dataset, config.data_dir or None, config.download)
+  if config.train_examples:
+    dataset = data_lib.first_examples(dataset, config.train_examples)
+  model = models.create_model(config.model, dataset.num_classes)
+  params, _ = jax.eval_shape(lambda: train.init_variables(model, jax.random.PRNGKey(0), dataset.image_shape))
+  if config.batch_size > dataset.num_train:
+    raise UserError(f'--config.batch_size={config.batch_size} exceeds the {dataset.num_train} '
+                    f'training examples of {config.dataset}')
+  mesh = sharding.make_mesh(config.mesh.fsdp)
+  if config.batch_size % mesh.size:
+    raise UserError(f'--config.batch_size={config.batch_size} must be a multiple of the {mesh.size} devices')
+  streamed = isinstance(dataset, data_lib.StreamedDataset)
+  on_every_device = lambda array: None if streamed else sharding.put(array, sharding.replicated(mesh))
+  eval_step = train.make_eval_step(model, dataset.mean, dataset.std, config.compute_dtype)
+  return Setup(config=config, model=model, dataset=dataset,
+               train_images=on_every_device(getattr(dataset, 'train_images', None)),
+               train_labels=on_every_device(getattr(dataset, 'train_labels', None)),
+               test_images=on_every_device(getattr(dataset, 'test_images', None)),
+               test_labels=on_every_device(getattr(dataset, 'test_labels', None)),
+               is_norm=pruning.norm_leaves(params), prunable=pruning.prunable_leaves(params, config.prune.exclude),
+               eval_step=jax.jit(eval_step, out_shardings=sharding.replicated(mesh),
+                                 compiler_options=conv.compiler_options()), mesh=mesh)

@@ -1,0 +1,145 @@
+"""A run directory: every path a run writes, named in one place; checked before anything heavy loads and locked
+while a run uses it. No JAX here.
+
+  config.json             the config fingerprint (`config.fingerprint`)
+  results.json            every pruning round and finished final training, with their analyses
+  metrics.jsonl           one line per (phase, epoch); tensorboard/ the same scalars
+  checkpoints/prune/N     pruning round N (0: the dense warm-up)
+  checkpoints/rewind/E    the warm-up epoch imp_wr rewinds to
+  checkpoints/final/START_roundR_seedS/E   a final training after E epochs
+  checkpoints/partial/LABEL/STEP           inside a round or an epoch (removed when the phase completes)
+  analyses/NETWORK/NAME.json               an analysis of a trained network (`aws_jax.analyses`)
+  barriers/NAME.json, .png                 curves of `python -m aws_jax.barrier`
+"""
+import errno
+import fcntl
+import os
+import shutil
+
+from aws_jax.errors import UserError
+
+PRUNE = 'prune'
+
+
+class RunDir:
+  """The paths of one run directory (absolute)."""
+
+  OWNED = ('checkpoints', 'analyses', 'tensorboard', 'metrics.jsonl', 'results.json', 'config.json')
+
+  def __init__(self, root: str):
+    self.root = os.path.abspath(root)
+
+  def _path(self, *parts) -> str:
+    return os.path.join(self.root, *parts)
+
+  @property
+  def config(self) -> str:
+    return self._path('config.json')
+
+  @property
+  def results(self) -> str:
+    return self._path('results.json')
+
+  @property
+  def metrics(self) -> str:
+    return self._path('metrics.jsonl')
+
+  @property
+  def tensorboard(self) -> str:
+    return self._path('tensorboard')
+
+  @property
+  def lock(self) -> str:
+    return self._path('.lock')
+
+  @property
+  def barriers(self) -> str:
+    return self._path('barriers')
+
+  def checkpoints(self, phase: str) -> str:
+    """A phase's checkpoint directory: 'prune', 'rewind', or a final training's name (`final_name`)."""
+    if phase in (PRUNE, 'rewind'):
+      return self._path('checkpoints', phase)
+    return self._path('checkpoints', 'final', phase)
+
+  @property
+  def finals(self) -> list[str]:
+    """The names of the final trainings that have a directory, sorted."""
+    root = self._path('checkpoints', 'final')
+    return sorted(os.listdir(root)) if os.path.isdir(root) else []
+
+  @staticmethod
+  def final_name(start: str, source_round: int, seed: int) -> str:
+    return f'{start}_round{source_round}_seed{seed}'
+
+  def partial(self, label: str) -> str:
+    """Checkpoints inside the phase `label` ('round 3', 'final signed_round8_seed2')."""
+    return self._path('checkpoints', 'partial', label.replace(' ', '_'))
+
+  def analysis(self, network: str, name: str) -> str:
+    """The analysis `name` of `network` ('round3' or a final training's name)."""
+    return self._path('analyses', network, f'{name}.json')
+
+  def relative(self, path: str) -> str:
+    """`path` relative to the run directory where it lies inside it, else as given."""
+    inside = os.path.abspath(path).startswith(os.path.join(self.root, ''))
+    return os.path.relpath(path, self.root) if inside else path
+
+  def check_writable(self) -> None:
+    """Raises UserError unless the directory is, or can be made, one this process can write to."""
+    if os.path.exists(self.root) and not os.path.isdir(self.root):
+      raise UserError(f'--workdir={self.root} is a file, not a directory; give a directory (it is created if '
+                      f'missing)')
+    try:
+      os.makedirs(self.root, exist_ok=True)
+      probe = self._path(f'.aws_jax_write_test_{os.getpid()}')
+      with open(probe, 'w'):
+        pass
+      os.remove(probe)
+    except OSError as e:
+      raise UserError(f'--workdir={self.root} cannot be written ({e.strerror}); choose a directory you can write '
+                      f'to') from None
+
+  def has_checkpoint(self) -> bool:
+    """Whether any checkpoint was completed (orbax names finished steps by their number alone)."""
+    for _, directories, _ in os.walk(self._path('checkpoints')):
+      if any(d.isdigit() for d in directories):
+        return True
+    return False
+
+  def clear(self) -> None:
+    """Removes everything a run wrote (not the lock, not barrier curves)."""
+    for name in self.OWNED:
+      target = self._path(name)
+      if os.path.isdir(target):
+        shutil.rmtree(target)
+      elif os.path.exists(target):
+        os.remove(target)
+
+
+class Lock:
+  """An exclusive lock on a run directory while a run uses it: a second process is refused on one line."""
+
+  def __init__(self, rundir: RunDir):
+    self.path = rundir.lock
+    self._file = None
+
+  def __enter__(self):
+    self._file = open(self.path, 'a+')  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+      if e.errno not in (errno.EAGAIN, errno.EACCES):
+        raise
+      self._file.seek(0)
+      holder = self._file.read().strip() or 'another process'
+      self._file.close()
+      raise UserError(f'{os.path.dirname(self.path)} is in use by a running aws_jax process ({holder}); wait for '
+                      f'it to end, or choose another --workdir') from None
+    self._file.truncate(0)
+    self._file.write(f'pid {os.getpid()}')
+    self._file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    self._file.close()  # closing releases the lock
