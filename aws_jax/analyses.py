@@ -25,12 +25,15 @@ PyTree = Any
 @dataclasses.dataclass
 class Network:
   """A trained network to analyse: its name in the run directory, its state, and what analyses may ask of its
-  history or its peers (`load(name)`: another network of the run directory, by name)."""
+  history or its peers."""
   name: str
   state: train.TrainState
   previous_signs: PyTree | None = None   # a round's: the signs before this round's pruning and training
   summary: dict = dataclasses.field(default_factory=dict)
-  load: Callable[[str], train.TrainState | None] | None = None
+  rundir: RunDir | None = None           # a final training's: its run directory ...
+  reference: str | None = None           # ... the retrained network of its source round and seed (`lmc_barrier`)
+  peers: tuple[str, ...] = ()            # ... and the other seeds' networks of its start (`sgd_noise_barrier`)
+  load: Callable[[str], train.TrainState] | None = None  # a network of the run directory, by name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Analysis:
   key: str                                 # its main output field: a record that has it needs no recomputing
   category: str                            # where its seconds go in the time account
   applies: Callable[[Setup], bool] = lambda setup: True
+  current: Callable[[dict, Network], bool] = lambda stored, network: True  # whether a stored result still holds
 
 
 ANALYSES: dict[str, Analysis] = {}
@@ -63,10 +67,12 @@ def analyse(setup: Setup, rundir: RunDir, of: str, network: Network) -> dict:
     if analysis.key in network.summary:
       continue
     path = rundir.analysis(network.name, analysis.name)
+    result = None
     if os.path.exists(path):
       with open(path) as f:
         result = json.load(f)
-    else:
+      result = result if analysis.current(result, network) else None
+    if result is None:
       timer = timing.Timer()
       with timer(analysis.category):
         result = analysis.compute(setup, network)
@@ -151,8 +157,63 @@ def _sign_changes(setup: Setup, network: Network) -> dict:
                                    for layer, change in since_init['layers'].items()}}
 
 
+def pair_curve(setup: Setup, network: Network, other: str) -> dict | None:
+  """The error curve from `other` (α = 0) to `network` (α = 1), BatchNorm statistics re-estimated at each point as
+  `config.barrier` says; None where the two do not share a mask. Stored once per pair (either order)."""
+  first, second = sorted((network.name, other))
+  path = network.rundir.analysis('pairs', f'{first}__{second}')
+  if os.path.exists(path):
+    with open(path) as f:
+      stored_curve = json.load(f)
+  else:
+    a, b = network.state, network.load(other)
+    if first != network.name:
+      a, b = b, a
+    same_mask = all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a.mask), jax.tree.leaves(b.mask)))
+    stored_curve = {'a': first, 'b': second, 'shared_mask': same_mask}
+    if same_mask:
+      config = setup.config
+      stored_curve.update(barrier.error_curve(setup.model, barrier.variables(a), barrier.variables(b),
+                                              path_data(setup), config.barrier.points, config.barrier.chunk))
+    if reporting.is_main_process():
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      reporting.write_json(path, stored_curve)
+  return stored_curve if stored_curve['shared_mask'] else None
+
+
+def stored_pairs(rundir: RunDir) -> list[dict]:
+  """Every stored pair curve of a run directory."""
+  directory = os.path.dirname(rundir.analysis('pairs', 'x'))
+  curves = []
+  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+    with open(os.path.join(directory, name)) as f:
+      curves.append(json.load(f))
+  return curves
+
+
+def _lmc_barrier(setup: Setup, network: Network) -> dict:
+  """Linear mode connectivity to the retrained network of the same source round and seed."""
+  if network.reference is None or network.reference == network.name:
+    return {}
+  curve = pair_curve(setup, network, network.reference)
+  return {} if curve is None else {'lmc_barrier': curve['barrier']}
+
+
+def _sgd_noise_barrier(setup: Setup, network: Network) -> dict:
+  """SGD-noise stability: the mean barrier to the networks of the same start trained with the other seeds."""
+  barriers = [curve['barrier'] for curve in (pair_curve(setup, network, peer) for peer in network.peers) if curve]
+  if not barriers:
+    return {'sgd_noise_peers': list(network.peers)}
+  return {'sgd_noise_barrier': float(sum(barriers) / len(barriers)), 'sgd_noise_peers': list(network.peers)}
+
+
 register(Analysis('recalibrated_accuracy', 'round', _recalibrated_accuracy, key='recalibrated_test_accuracy',
                   category='reestimate', applies=lambda setup: not setup.streamed))
 register(Analysis('psi_reset_barrier', 'round', _psi_reset, key='psi_reset_barrier', category='barrier',
                   applies=lambda setup: setup.config.barrier.psi_reset))
 register(Analysis('sign_changes', 'round', _sign_changes, key='signs_changed_from_init', category='eval'))
+register(Analysis('lmc_barrier', 'final', _lmc_barrier, key='lmc_barrier', category='barrier',
+                  applies=lambda setup: setup.config.barrier.lmc and not setup.streamed))
+register(Analysis('sgd_noise_barrier', 'final', _sgd_noise_barrier, key='sgd_noise_barrier', category='barrier',
+                  applies=lambda setup: setup.config.barrier.sgd_noise and not setup.streamed,
+                  current=lambda stored, network: stored.get('sgd_noise_peers') == list(network.peers)))

@@ -28,7 +28,8 @@ SEEDS_AT_ONCE = ('auto', 'vmap', 'sequential')
 RERUN_KEYS = ('stage', 'study.methods', 'study.starts', 'study.source_rounds', 'study.seeds', 'data_workers',
               'overwrite', 'progress', 'checkpoint_every_steps', 'final.modes', 'final.seeds', 'final.source_round',
               'final.seeds_at_once',
-              'mesh.fsdp', 'barrier.points', 'barrier.bn_batches', 'barrier.chunk', 'barrier.psi_reset')
+              'mesh.fsdp', 'barrier.points', 'barrier.bn_batches', 'barrier.chunk', 'barrier.psi_reset',
+              'barrier.lmc', 'barrier.sgd_noise')
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -79,6 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
                                     # 0 none (the statistics are interpolated too)
   config.barrier.chunk = 0          # α points vmapped together; 0: all on an accelerator, 1 on CPU (faster there)
   config.barrier.psi_reset = True   # the pruning stage records the ψ-reset barrier after every round
+  config.barrier.lmc = True         # final trainings record the barrier to the retrained network of their seed
+  config.barrier.sgd_noise = True   # final trainings record the mean barrier to their start's other seeds
 
   config.study = ml_collections.ConfigDict()  # python -m aws_jax.study: the paper's comparisons as one grid
   config.study.methods = ('aws', 'lrr')   # one pruning stage per method (any --config.method value)
@@ -140,11 +143,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(-1 <= config.final.source_round <= last_round(config),
          f'--config.final.source_round={config.final.source_round} is never reached: the pruning stage runs '
          f'rounds 0..{last_round(config)} (-1 means the last)')
-  if config.final.signed_mask:
-    _check('retrain' not in config.final.modes, 'final.modes has retrain, which needs the trained network, not a '
-           'signs file: drop it, or run from the pruning workdir without --config.final.signed_mask')
   for mode in config.final.modes:
     _check(mode in MODES, f'--config.final.modes has {mode!r}; each must be one of {", ".join(MODES)}')
+    _check(not (config.final.signed_mask and starts.get(mode).needs_source),
+           f'final.modes has {mode}, which needs the trained source network, not a signs file (it holds no weights '
+           f'and no ψ): drop it, or run from the pruning workdir without --config.final.signed_mask')
   _check(len(config.final.seeds) > 0, '--config.final.seeds is empty; give at least one seed')
   _check(config.barrier.points >= 2, f'--config.barrier.points={config.barrier.points} must be at least 2')
   _check(config.barrier.bn_batches >= -1,

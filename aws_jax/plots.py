@@ -15,6 +15,7 @@ import collections
 import json
 import math
 import os
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -54,6 +55,57 @@ def plot_barriers(curves: Mapping[str, dict], path: str) -> dict:
     ax.legend(fontsize='small')
   fig.savefig(path, dpi=150)
   return {'test_error': _lines(error_ax), 'curve': _lines(curve_ax)}
+
+
+PAIR_NAME = re.compile(r'(?P<start>.+)_round(?P<round>-?\d+)_seed(?P<seed>\d+)$')
+
+
+def pair_kind(curve: dict) -> tuple[str, str, dict] | None:
+  """('LMC' or 'SGD noise', the start, the curve oriented so that α = 1 is that start's network) of a stored pair
+  (`analyses.pair_curve`); None for a pair of neither kind or without a shared mask."""
+  if not curve.get('shared_mask'):
+    return None
+  a, b = PAIR_NAME.match(curve['a']), PAIR_NAME.match(curve['b'])
+  if a['start'] == b['start'] and a['seed'] != b['seed']:
+    return 'SGD noise', a['start'], curve
+  if a['seed'] == b['seed'] and 'retrain' in (a['start'], b['start']):
+    if a['start'] == 'retrain':  # α = 1 at `a`: flip the path so that it runs from the retrained network
+      curve = {**curve, 'test_error': curve['test_error'][::-1]}
+      a = b
+    return 'LMC', a['start'], curve
+  return None
+
+
+def plot_pair_curves(curves: Mapping[str, Sequence[dict]], path: str, title: str = '') -> dict:
+  """The paper's LMC figure: test error along the linear path, for each kind of pair. Left: a final network (α = 1)
+  and the retrained network of its seed (α = 0); right: two seeds of one start. `curves` maps a method to its stored
+  pair curves; lines are means over seeds (pairs), bands their min–max."""
+  fig = Figure(figsize=(11, 4.2), layout='constrained')
+  axes = dict(zip(('LMC', 'SGD noise'), fig.subplots(1, 2, sharey=True)))
+  groups = {}
+  for method, method_curves in curves.items():
+    for curve in method_curves:
+      kind = pair_kind(curve)
+      if kind:
+        groups.setdefault((kind[0], method, kind[1]), []).append(kind[2])
+  for (kind, method, start), members in sorted(groups.items()):
+    errors = np.asarray([c['test_error'] for c in members], float)
+    alphas = members[0]['alphas']
+    linestyle, marker = METHOD_STYLES.get(method, ('-.', '^'))
+    line, = axes[kind].plot(alphas, errors.mean(0), color=MODE_COLORS.get(start), linestyle=linestyle,
+                            marker=marker, markersize=4, label=f'{method.upper()} {start} (n={len(members)})')
+    if len(members) > 1:
+      axes[kind].fill_between(alphas, errors.min(0), errors.max(0), color=line.get_color(), alpha=0.15)
+  axes['LMC'].set(xlabel='α   (0: retrained network, 1: network trained from the start)', ylabel='test error (%)',
+                  title='linear mode connectivity to the retrained network')
+  axes['SGD noise'].set(xlabel='α   (0 and 1: two seeds of one start)', title='SGD-noise stability')
+  for ax in axes.values():
+    ax.grid(alpha=0.3)
+    if ax.get_lines():
+      ax.legend(fontsize='small', loc='upper left', bbox_to_anchor=(0, -0.18), ncol=2, frameon=False)
+  fig.suptitle((title + ': ' if title else '') + 'mean over seeds; bands: min–max over pairs')
+  fig.savefig(path, dpi=150)
+  return {kind: _lines(ax) for kind, ax in axes.items()}
 
 
 def load_results(workdir: str) -> tuple[dict, dict]:

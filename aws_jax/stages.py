@@ -206,6 +206,45 @@ def final_stage(setup: Setup, rundir: RunDir, source_round: int | None, start_na
     signum = stop_requested(at_boundary=True)
     if signum and index < len(groups) - 1:
       raise stop(signum, f'after final {start}' + (f' seed {group[0]}' if len(group) == 1 else ''))
+  analyse_finals(setup, rundir, source_round, start_names, seeds)
+
+
+def analyse_finals(setup: Setup, rundir: RunDir, source_round: int, start_names, seeds) -> None:
+  """The final analyses (`aws_jax.analyses`, of 'final') of every (start, seed) trained from `source_round`: each
+  network with the retrained network of its seed as reference and the other seeds' networks of its start as peers."""
+  if not analyses.applicable(setup, 'final'):
+    return
+  config = setup.config
+  template = setup.abstract_state(config.seed, setup.optimizer(config.final.schedule, config.final.epochs))
+  loaded = {}
+
+  def finished(name: str) -> bool:
+    checkpoints = Checkpoints(rundir.checkpoints(name))
+    latest = checkpoints.latest()
+    checkpoints.close()
+    return latest == config.final.epochs
+
+  def load(name: str) -> train.TrainState:
+    if name not in loaded:
+      checkpoints = Checkpoints(rundir.checkpoints(name))
+      loaded[name] = checkpoints.restore(config.final.epochs, template)
+      checkpoints.close()
+    return loaded[name]
+
+  for start in start_names:
+    for seed in seeds:
+      name = RunDir.final_name(start, source_round, seed)
+      reference = RunDir.final_name('retrain', source_round, seed)
+      peers = tuple(RunDir.final_name(start, source_round, other) for other in seeds if other != seed)
+      found = analyses.analyse(setup, rundir, 'final', analyses.Network(
+          name, load(name), rundir=rundir, reference=reference if finished(reference) else None, peers=peers,
+          load=load))
+      barriers = [f'{label} {found[key]:5.2f}' for key, label in (('lmc_barrier', 'LMC barrier to retrain'),
+                                                                  ('sgd_noise_barrier', 'SGD-noise barrier'))
+                  if key in found]
+      if barriers:
+        reporting.say(f'final {start:16s} from round {source_round} seed {seed} | ' + ' | '.join(barriers))
+    loaded.clear()
 
 
 def seeds_together(setup: Setup, seeds) -> bool:

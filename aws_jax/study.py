@@ -37,10 +37,12 @@ from aws_jax.errors import UserError
 from aws_jax.rundir import Lock, RunDir
 
 CSV_FIELDS = ('method', 'start', 'source_round', 'fraction_left', 'seed', 'test_accuracy', 'test_loss',
-              'train_accuracy', 'epochs', 'wall_s')
+              'train_accuracy', 'lmc_barrier', 'sgd_noise_barrier', 'epochs', 'wall_s')
+BARRIERS = ('lmc_barrier', 'sgd_noise_barrier')  # points of test error; empty where a start has none (docs/method.md)
+PAPER_STARTS = ('signed', 'signed_keep_norm', 'mask', 'retrain', 'dense')  # the paper's table, where trained
 DENSE = 'dense'
 CONFIDENCE = 0.95
-FIGURES = ('accuracy_vs_sparsity.png', 'psi_reset_barrier.png', 'starts.png', 'signs.png')
+FIGURES = ('accuracy_vs_sparsity.png', 'psi_reset_barrier.png', 'starts.png', 'signs.png', 'lmc.png')
 
 
 def method_config(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
@@ -88,6 +90,8 @@ def plan(config: ml_collections.ConfigDict) -> dict[str, list[tuple[int, tuple[s
   `dense` goes to the first method only, from its last round, so widening the grid never moves it.
   """
   starts = tuple(s for s in config.study.starts if s != DENSE)
+  if config.barrier.lmc and 'retrain' not in starts:
+    starts += ('retrain',)  # the reference of the LMC barrier
   runs = {}
   for index, method in enumerate(config.study.methods):
     rounds = {r: starts for r in source_rounds(config, method)}
@@ -107,14 +111,15 @@ def rows_of(config: ml_collections.ConfigDict, method: str, results: dict) -> li
       dense = f['mode'] == DENSE
       rows.append({'method': DENSE if dense else method, 'start': f['mode'],
                    'source_round': None if dense else f['source_round'],
-                   **{k: f[k] for k in CSV_FIELDS[3:]}})
+                   **{k: f.get(k) for k in CSV_FIELDS[3:]}})
   return rows
 
 
 def sort_rows(rows: Sequence[dict], methods: Sequence[str], starts: Sequence[str]) -> list[dict]:
   """Rows in grid order: methods as given, then dense; starts as given; source round; seed."""
   order = [*methods, DENSE]
-  return sorted(rows, key=lambda r: (order.index(r['method']), list(starts).index(r['start']),
+  starts = list(starts) + [s for s in config_lib.MODES if s not in starts]  # retrain where the LMC barrier adds it
+  return sorted(rows, key=lambda r: (order.index(r['method']), starts.index(r['start']),
                                      r['source_round'] or 0, r['seed']))
 
 
@@ -146,11 +151,13 @@ def group_summaries(rows: Sequence[dict]) -> list[dict]:
   summaries = []
   for (method, start, source_round), members in groups.items():
     accuracies = [r['test_accuracy'] for r in members]
+    barriers = {k: [r[k] for r in members if r.get(k) is not None] for k in BARRIERS}
     summaries.append({'method': method, 'start': start, 'source_round': source_round,
                       'fraction_left': members[0]['fraction_left'], 'n': len(members),
                       'mean': float(np.mean(accuracies)),
                       'std': float(np.std(accuracies, ddof=1)) if len(members) > 1 else math.nan,
-                      'half_width': t_interval(accuracies)[1]})
+                      'half_width': t_interval(accuracies)[1],
+                      **{k: float(np.mean(v)) if v else math.nan for k, v in barriers.items()}})
   return summaries
 
 
@@ -162,7 +169,8 @@ def by_seed(rows: Sequence[dict], method: str, start: str, source_round: int | N
 
 def comparisons(rows: Sequence[dict], methods: Sequence[str]) -> list[dict]:
   """The differences the claims rest on, paired by seed, per source round, where both sides were trained:
-  AWS signed − dense, AWS signed − LRR signed, and for each method signed − mask and signed − random_signs.
+  AWS signed − dense, AWS signed − LRR signed, LRR signed_keep_norm − LRR signed, and for each method signed − mask
+  and signed − random_signs.
 
   Each: {'label', 'source_round', 'n', 'mean', 'half_width'} in fractions of accuracy; half-width NaN for n < 2.
   """
@@ -171,6 +179,7 @@ def comparisons(rows: Sequence[dict], methods: Sequence[str]) -> list[dict]:
   for k in rounds:
     pairs.append(('AWS signed − dense', k, ('aws', 'signed', k), (DENSE, DENSE, None)))
     pairs.append(('AWS signed − LRR signed', k, ('aws', 'signed', k), ('lrr', 'signed', k)))
+    pairs.append(('LRR signed_keep_norm − LRR signed', k, ('lrr', 'signed_keep_norm', k), ('lrr', 'signed', k)))
     for method in methods:
       for other in ('mask', 'random_signs'):
         pairs.append((f'{method.upper()} signed − {method.upper()} {other}', k, (method, 'signed', k),
@@ -193,9 +202,45 @@ def _round_name(source_round: int | None) -> str:
   return '—' if source_round is None else str(source_round)
 
 
-def markdown(summaries: Sequence[dict], differences: Sequence[dict], rounds: Mapping[str, list]) -> str:
-  """study.md: the grid's means, the paired differences, each method's pruning stage."""
-  lines = ['## Final trainings: test accuracy (%) over seeds', '',
+def _points(value: float) -> str:
+  return 'n/a' if value is None or math.isnan(value) else f'{value:.2f}'
+
+
+def paper_table(summaries: Sequence[dict], rounds: Mapping[str, list]) -> list[str]:
+  """The paper's table: per method × start (PAPER_STARTS, where trained), the accuracy with its interval, the LMC and
+  SGD-noise barriers, and the ψ-reset barrier of the source round."""
+  lines = ['## The paper\'s table: accuracy (%), barriers (points of test error)', '',
+           f'| method | start | source round | accuracy ± {100 * CONFIDENCE:.0f} % | LMC barrier to retrain | '
+           'SGD-noise barrier | source ψ-reset barrier | n |',
+           '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+  order = {start: i for i, start in enumerate(PAPER_STARTS)}
+  chosen = sorted((s for s in summaries if s['start'] in order), key=lambda s: (s['method'] == DENSE,
+                                                                                 order[s['start']]))
+  for s in sorted(chosen, key=lambda s: (s['method'] == DENSE, s['method'], s['source_round'] or 0,
+                                         order[s['start']])):
+    source = next((r for r in rounds.get(s['method'], []) if r['round'] == s['source_round']), {})
+    lines.append(f'| {s["method"]} | {s["start"]} | {_round_name(s["source_round"])} | {_percent(s["mean"])} ± '
+                 f'{_percent(s["half_width"])} | {_points(s["lmc_barrier"])} | {_points(s["sgd_noise_barrier"])} | '
+                 f'{_points(source.get("psi_reset_barrier"))} | {s["n"]} |')
+  return lines + ['']
+
+
+def time_table(times: Mapping[str, dict]) -> list[str]:
+  """Where each method's seconds went (its pruning stage and final trainings), per time_*_s category."""
+  from aws_jax import timing  # pylint: disable=import-outside-toplevel  # JAX: only once results exist
+  lines = ['', '## Time account (seconds)', '', '| method | ' + ' | '.join(timing.CATEGORIES) + ' | total |',
+           '| --- |' + ' ---: |' * (len(timing.CATEGORIES) + 1)]
+  for method, seconds in times.items():
+    lines.append(f'| {method} | ' + ' | '.join(f'{seconds.get(c, 0.0):.1f}' for c in timing.CATEGORIES) +
+                 f' | {sum(seconds.values()):.1f} |')
+  return lines
+
+
+def markdown(summaries: Sequence[dict], differences: Sequence[dict], rounds: Mapping[str, list],
+             times: Mapping[str, dict] | None = None) -> str:
+  """study.md: the paper's table, the grid's means, the paired differences, each method's pruning stage, and where
+  the time went."""
+  lines = paper_table(summaries, rounds) + ['## Final trainings: test accuracy (%) over seeds', '',
            '| method | start | source round | % left | mean | std | n |',
            '| --- | --- | ---: | ---: | ---: | ---: | ---: |']
   for s in summaries:
@@ -220,7 +265,19 @@ def markdown(summaries: Sequence[dict], differences: Sequence[dict], rounds: Map
       recalibrated = _percent(r['recalibrated_test_accuracy']) if 'recalibrated_test_accuracy' in r else 'n/a'
       lines.append(f'| {r["round"]} | {100 * r["fraction_left"]:.2f} | {_percent(r["test_accuracy"])} | '
                    f'{recalibrated} | {barrier} |')
+  if times:
+    lines += time_table(times)
   return '\n'.join(lines) + '\n'
+
+
+def time_account(results: dict) -> dict:
+  """{category: seconds} summed over a run directory's rounds and final trainings."""
+  seconds = {}
+  for record in results['rounds'] + results['final']:
+    for key, value in record.items():
+      if key.startswith('time_') and key.endswith('_s'):
+        seconds[key[5:-2]] = seconds.get(key[5:-2], 0.0) + value
+  return seconds
 
 
 def write_csv(rows: Sequence[dict], path: str) -> None:
@@ -265,6 +322,12 @@ def figures(config: ml_collections.ConfigDict, rows: Sequence[dict], summaries: 
     plots.plot_sign_changes(run_dirs, paths['signs.png'])
   else:
     del paths['signs.png']
+  from aws_jax import analyses  # pylint: disable=import-outside-toplevel  # JAX: only once results exist
+  pairs = {method: analyses.stored_pairs(RunDir(d)) for method, d in zip(rounds, run_dirs)}
+  if any(plots.pair_kind(c) for curves in pairs.values() for c in curves):
+    plots.plot_pair_curves(pairs, paths['lmc.png'], title=title)
+  else:
+    del paths['lmc.png']
   return list(paths.values())
 
 
@@ -281,7 +344,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
   directories = {m: (run_dirs or {}).get(m, os.path.join(workdir, m)) for m in config.study.methods}
   study_dir = RunDir(workdir)
   study_dir.check_writable()
-  rows, rounds = [], {}
+  rows, rounds, times = [], {}, {}
   with Lock(study_dir):
     setup = engine.make_setup(config)
     for method, invocations in plan(config).items():
@@ -293,10 +356,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
                                       seeds=tuple(config.study.seeds))
       rows += rows_of(config, method, results)
       rounds[method] = results['rounds']
+      times[method] = time_account(results)
     rows = sort_rows(rows, config.study.methods, config.study.starts)
     summaries, differences = group_summaries(rows), comparisons(rows, config.study.methods)
     write_csv(rows, os.path.join(workdir, 'study.csv'))
-    table = markdown(summaries, differences, rounds)
+    table = markdown(summaries, differences, rounds, times)
     with open(os.path.join(workdir, 'study.md'), 'w') as f:
       f.write(table)
     files = [os.path.join(workdir, name) for name in ('study.csv', 'study.md')]

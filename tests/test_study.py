@@ -18,7 +18,8 @@ from conftest import REPO
 TINY_STUDY = {'prune.warmup_epochs': 2, 'prune.rounds': 2, 'prune.round_epochs': 1, 'final.epochs': 2,
               'checkpoint_every_epochs': 2, 'barrier.points': 3, 'barrier.bn_batches': 2, 'progress': False,
               'study.seeds': (2, 3)}
-STARTS = ('signed', 'mask', 'random_signs', 'dense')
+STARTS = ('signed', 'signed_keep_norm', 'mask', 'dense')
+TRAINED = ('signed', 'signed_keep_norm', 'mask', 'retrain')  # retrain: the LMC barrier's reference
 
 
 def study_config(**overrides):
@@ -51,6 +52,10 @@ def file_times(directory) -> dict:
   """{path: mtime in ns} of every file under `directory`."""
   return {os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
           for root, _, names in os.walk(directory) for name in names}
+
+
+def without_wall(row: dict) -> dict:
+  return {k: v for k, v in row.items() if k != 'wall_s'}
 
 
 def test_t_interval_by_hand():
@@ -121,9 +126,11 @@ def test_bad_grids_fail_before_anything_is_created(tmp_path, overrides, message)
 
 def test_plan_trains_dense_once_from_the_first_methods_last_round():
   config = study_config(**{'study.methods': ('lrr', 'aws', 'oneshot'), 'study.source_rounds': (1, -1),
-                           'study.starts': ('dense', 'signed')})
+                           'study.starts': ('dense', 'signed'), 'barrier.lmc': False})
   assert study.plan(config) == {'lrr': [(1, ('signed',)), (2, ('signed', 'dense'))],
                                 'aws': [(1, ('signed',)), (2, ('signed',))], 'oneshot': [(1, ('signed',))]}
+  config.barrier.lmc = True  # its reference, the retrained network, is trained wherever a start is
+  assert study.plan(config)['aws'] == [(1, ('signed', 'retrain')), (2, ('signed', 'retrain'))]
 
 
 def test_fashion_mnist_config():
@@ -180,31 +187,70 @@ def test_digits_study_runs_then_widens(tmp_path):
   rows = read_csv(workdir / 'study.csv')
   assert tuple(rows[0]) == study.CSV_FIELDS
   grid = {(r['method'], r['start'], r['source_round'], r['seed']) for r in rows}
-  expected = {(m, s, '2', str(seed)) for m in ('aws', 'lrr') for s in STARTS[:-1] for seed in (2, 3)}
+  expected = {(m, s, '2', str(seed)) for m in ('aws', 'lrr') for s in TRAINED for seed in (2, 3)}
   assert grid == expected | {('dense', 'dense', '', '2'), ('dense', 'dense', '', '3')} and len(rows) == len(grid)
   for r in rows:
     assert 0 <= float(r['test_accuracy']) <= 1 and r['epochs'] == '2'
     np.testing.assert_allclose(float(r['fraction_left']), 1.0 if r['start'] == 'dense' else 0.64, atol=0.01)
+    if r['start'] in ('signed', 'signed_keep_norm', 'mask'):  # the same mask as retrain: both barriers defined
+      assert 0 <= float(r['lmc_barrier']) <= 100 and 0 <= float(r['sgd_noise_barrier']) <= 100, r
+    if r['start'] == 'retrain':
+      assert r['lmc_barrier'] == '' and float(r['sgd_noise_barrier']) >= 0
   table = (workdir / 'study.md').read_text()
   for label in ('AWS signed − dense', 'AWS signed − LRR signed', 'AWS signed − AWS mask',
-                'AWS signed − AWS random_signs', 'LRR signed − LRR mask', 'LRR signed − LRR random_signs',
-                'Pruning stage: aws', 'Pruning stage: lrr'):
+                'LRR signed_keep_norm − LRR signed', 'LRR signed − LRR mask', 'Pruning stage: aws',
+                'Pruning stage: lrr', "The paper's table: accuracy (%), barriers (points of test error)",
+                'Time account (seconds)'):
     assert f'| {label} |' in table or f'## {label}' in table, label
   assert '## Differences' in result.stdout  # the same tables, printed at the end
-  for name in ('accuracy_vs_sparsity.png', 'psi_reset_barrier.png', 'starts.png'):
+  for name in ('accuracy_vs_sparsity.png', 'psi_reset_barrier.png', 'starts.png', 'lmc.png'):
     with open(workdir / name, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n', name
   for method in ('aws', 'lrr'):  # ordinary run directories; dense trained in the first method's only
     results = json.loads((workdir / method / 'results.json').read_text())
     assert [r['round'] for r in results['rounds']] == [0, 1, 2]
-    assert ({f['mode'] for f in results['final']} == {'signed', 'mask', 'random_signs'} |
-            ({'dense'} if method == 'aws' else set()))
+    assert ({f['mode'] for f in results['final']} == set(TRAINED) | ({'dense'} if method == 'aws' else set()))
+
+  analysed = {**file_times(workdir / 'aws' / 'analyses'), **file_times(workdir / 'lrr' / 'analyses')}
+  rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert {**file_times(workdir / 'aws' / 'analyses'), **file_times(workdir / 'lrr' / 'analyses')} == analysed
+  assert [without_wall(r) for r in read_csv(workdir / 'study.csv')] == [without_wall(r) for r in rows]
 
   before = {**file_times(workdir / 'aws' / 'checkpoints'), **file_times(workdir / 'lrr' / 'checkpoints')}
   widened = study.run(study_config(**{'study.starts': STARTS, 'study.seeds': (2, 3, 4)}), str(workdir))
   after = {**file_times(workdir / 'aws' / 'checkpoints'), **file_times(workdir / 'lrr' / 'checkpoints')}
   assert {p: after[p] for p in before} == before  # nothing trained before was trained again
   new = {(r['method'], r['start'], r['seed']) for r in widened['rows']} - {(m, s, int(seed)) for m, s, _, seed in grid}
-  assert new == {(m, s, 4) for m in ('aws', 'lrr') for s in STARTS[:-1]} | {('dense', 'dense', 4)}
+  assert new == {(m, s, 4) for m in ('aws', 'lrr') for s in TRAINED} | {('dense', 'dense', 4)}
+  pairs = {p: t for p, t in analysed.items() if os.sep + 'pairs' + os.sep in p}
+  widened_times = {**file_times(workdir / 'aws' / 'analyses'), **file_times(workdir / 'lrr' / 'analyses')}
+  assert {p: widened_times[p] for p in pairs} == pairs  # each pair's barrier measured once
+  signed = [r for r in widened['rows'] if (r['method'], r['start']) == ('aws', 'signed')]
+  assert len(signed) == 3 and all(r['sgd_noise_barrier'] is not None for r in signed)
   assert len(read_csv(workdir / 'study.csv')) == len(grid) + len(new)
   assert {d['n'] for d in widened['differences']} == {3}
+
+
+def test_a_study_stopped_during_a_barrier_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+  """Analyses are stored only once complete: a study killed inside an error barrier recomputes that barrier."""
+  from aws_jax import barrier  # pylint: disable=import-outside-toplevel
+  overrides = {'study.methods': ('aws',), 'study.starts': ('signed',), 'prune.rounds': 1, 'final.epochs': 1,
+               'checkpoint_every_epochs': 1}
+  study.run(study_config(**overrides), str(tmp_path / 'whole'))
+  calls, error_curve = [], barrier.error_curve
+
+  def killed_on_the_third(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt
+    return error_curve(*args, **kwargs)
+
+  monkeypatch.setattr(barrier, 'error_curve', killed_on_the_third)
+  with pytest.raises(KeyboardInterrupt):
+    study.run(study_config(**overrides), str(tmp_path / 'stopped'))
+  monkeypatch.undo()
+  study.run(study_config(**overrides), str(tmp_path / 'stopped'))
+  whole, stopped = (read_csv(tmp_path / name / 'study.csv') for name in ('whole', 'stopped'))
+  assert [without_wall(r) for r in stopped] == [without_wall(r) for r in whole]
+  assert all(r['sgd_noise_barrier'] != '' for r in whole if r['start'] == 'signed')
