@@ -56,6 +56,16 @@ class RunDir:
   def barriers(self) -> str:
     return self._path('barriers')
 
+  @property
+  def checkpoint_root(self) -> str:
+    """Where every checkpoint of the run lies."""
+    return self._path('checkpoints')
+
+  @property
+  def analyses(self) -> str:
+    """Where every stored analysis of the run lies."""
+    return self._path('analyses')
+
   def checkpoints(self, phase: str) -> str:
     """A phase's checkpoint directory: 'prune', 'rewind', or a final training's name (`final_name`)."""
     if phase in (PRUNE, 'rewind'):
@@ -65,7 +75,7 @@ class RunDir:
   @property
   def finals(self) -> list[str]:
     """The names of the final trainings that have a directory, sorted."""
-    root = self._path('checkpoints', 'final')
+    root = os.path.dirname(self.checkpoints('x'))
     return sorted(os.listdir(root)) if os.path.isdir(root) else []
 
   @staticmethod
@@ -78,7 +88,7 @@ class RunDir:
 
   def analysis(self, network: str, name: str) -> str:
     """The analysis `name` of `network` ('round3' or a final training's name)."""
-    return self._path('analyses', network, f'{name}.json')
+    return os.path.join(self.analyses, network, f'{name}.json')
 
   def relative(self, path: str) -> str:
     """`path` relative to the run directory where it lies inside it, else as given."""
@@ -102,7 +112,7 @@ class RunDir:
 
   def has_checkpoint(self) -> bool:
     """Whether any checkpoint was completed (orbax names finished steps by their number alone)."""
-    for _, directories, _ in os.walk(self._path('checkpoints')):
+    for _, directories, _ in os.walk(self.checkpoint_root):
       if any(d.isdigit() for d in directories):
         return True
     return False

@@ -261,7 +261,7 @@ def test_presets_compare_the_papers_pairs_and_save_json_and_png(digits_run):
                              b=os.path.join(workdir, 'checkpoints/final/signed_round1_seed3/1'))
   assert explicit['test_error'] == noise['test_error']
   json_path, png_path = barrier.save(noise, workdir)
-  assert json_path == os.path.join(workdir, 'barriers', 'sgd_noise_round1_seeds2-3.json')
+  assert json_path == os.path.join(RunDir(workdir).barriers, 'sgd_noise_round1_seeds2-3.json')
   with open(json_path) as f:
     assert json.load(f) == noise
   with open(png_path, 'rb') as f:
@@ -290,9 +290,9 @@ def test_command_line_writes_the_barrier_and_refuses_different_masks_on_one_line
   result = run_barrier_cli(workdir, '--preset=psi_reset', '--config.barrier.points=3')
   assert result.returncode == 0, result.stderr
   assert 'AWS round 1, ψ reset: barrier' in result.stdout
-  with open(os.path.join(workdir, 'barriers', 'psi_reset_round1.json')) as f:
+  with open(os.path.join(RunDir(workdir).barriers, 'psi_reset_round1.json')) as f:
     assert json.load(f)['alphas'] == [0, 0.5, 1]
-  assert os.path.exists(os.path.join(workdir, 'barriers', 'psi_reset_round1.png'))
+  assert os.path.exists(os.path.join(RunDir(workdir).barriers, 'psi_reset_round1.png'))
   result = run_barrier_cli(workdir, '--a=checkpoints/prune:0', '--b=checkpoints/prune:1')
   assert result.returncode == 2 and 'Traceback' not in result.stderr
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]

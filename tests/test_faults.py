@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import pathlib
 import random
 import signal
 import subprocess
@@ -102,10 +103,10 @@ def test_metrics_log_keeps_one_record_per_epoch_across_attempts(tmp_path):
     second.write({'phase': 'round 0', 'epoch': epoch, 'test_accuracy': epoch / 100}, step)
   second.write({'phase': 'round 1', 'epoch': 1, 'test_accuracy': 0.5}, 50)
   second.close()
-  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  records = [json.loads(line) for line in pathlib.Path(RunDir(tmp_path).metrics).read_text().splitlines()]
   assert [(r['phase'], r['epoch'], r['test_accuracy']) for r in records] == [
       ('round 0', 1, 0.1), ('round 0', 2, 0.02), ('round 0', 3, 0.03), ('round 0', 4, 0.04), ('round 1', 1, 0.5)]
-  assert tensorboard_scalars(tmp_path / 'tensorboard')['round_0', 'test_accuracy'] == pytest.approx(
+  assert tensorboard_scalars(RunDir(tmp_path).tensorboard)['round_0', 'test_accuracy'] == pytest.approx(
       {10: 0.1, 20: 0.02, 30: 0.03, 40: 0.04})
 
 
@@ -153,13 +154,12 @@ def test_killed_at_random_moments_ends_like_an_uninterrupted_run(tmp_path):
 
 def assert_same_run(workdir, reference) -> None:
   """`workdir` ended with `reference`'s results (but wall times), metrics, TensorBoard scalars and signed masks."""
-  read = lambda run, name: (run / name).read_text()
-  assert without_times(json.loads(read(workdir, 'results.json'))) == without_times(
-      json.loads(read(reference, 'results.json')))
-  assert read(workdir, 'metrics.jsonl') == read(reference, 'metrics.jsonl')
-  assert tensorboard_scalars(workdir / 'tensorboard') == tensorboard_scalars(reference / 'tensorboard')
+  assert without_times(json.loads(pathlib.Path(RunDir(workdir).results).read_text())) == without_times(
+      json.loads(pathlib.Path(RunDir(reference).results).read_text()))
+  assert pathlib.Path(RunDir(workdir).metrics).read_text() == pathlib.Path(RunDir(reference).metrics).read_text()
+  assert tensorboard_scalars(RunDir(workdir).tensorboard) == tensorboard_scalars(RunDir(reference).tensorboard)
   for run in (reference, workdir):
-    assert not os.listdir(run / 'checkpoints' / 'partial')  # every phase finished: nothing left half-way
+    assert not os.listdir(os.path.dirname(RunDir(run).partial('x')))  # every phase finished: nothing left half-way
   signs = [restored_signs(run) for run in (reference, workdir)]
   jax.tree.map(np.testing.assert_array_equal, *signs)
 
@@ -184,4 +184,4 @@ def test_a_run_does_not_import_torch(tmp_path):
                           timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == '[]'
-  assert tensorboard_scalars(tmp_path / 'tensorboard')['round_0', 'loss'] == {1: 1.0}
+  assert tensorboard_scalars(RunDir(tmp_path).tensorboard)['round_0', 'loss'] == {1: 1.0}

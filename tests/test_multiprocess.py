@@ -1,12 +1,14 @@
 """Two processes on localhost with jax.distributed (gloo CPU collectives) prune like one process."""
 import json
 import os
+import pathlib
 import socket
 import subprocess
 
 import jax
 import numpy as np
 
+from aws_jax.rundir import RunDir
 from conftest import REPO, cli_command, run_cli, tiny_digits_config
 from test_protocol import restore_round
 
@@ -46,7 +48,7 @@ def test_two_processes_find_the_same_masks_as_one(tmp_path):
     del os.environ['XLA_FLAGS']
   assert result.returncode == 0, result.stderr[-3000:]
 
-  rounds = [json.loads((w / 'results.json').read_text())['rounds'] for w in (two, one)]
+  rounds = [json.loads(pathlib.Path(RunDir(w).results).read_text())['rounds'] for w in (two, one)]
   assert [r['fraction_left'] for r in rounds[0]] == [r['fraction_left'] for r in rounds[1]]
   np.testing.assert_allclose([r['test_accuracy'] for r in rounds[0]], [r['test_accuracy'] for r in rounds[1]],
                              atol=0.01)

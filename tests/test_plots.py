@@ -10,6 +10,7 @@ from matplotlib import image as mpimg
 
 from aws_jax import plots
 from aws_jax.errors import UserError
+from aws_jax.rundir import RunDir
 from conftest import REPO
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -30,9 +31,9 @@ def write_run(directory, method, final, barriers=True):
   if barriers:
     for r, value in zip(rounds, (0.5, 3.0, 7.5) if method == 'lrr' else (0.2, 0.4, 0.6)):
       r['psi_reset_barrier'] = value
-  with open(os.path.join(directory, 'results.json'), 'w') as f:
+  with open(RunDir(directory).results, 'w') as f:
     json.dump({'rounds': rounds, 'final': final}, f)
-  with open(os.path.join(directory, 'config.json'), 'w') as f:
+  with open(RunDir(directory).config, 'w') as f:
     json.dump({'method': method, 'model': 'small_cnn', 'dataset': 'digits'}, f)
   return str(directory)
 

@@ -1,6 +1,7 @@
 """End to end on digits: the protocol's results, checkpoints and reruns; bad input refused (kills: test_faults)."""
 import json
 import os
+import pathlib
 import shutil
 
 import jax
@@ -78,7 +79,7 @@ def test_final_modes_run_and_signed_transfer_is_close_to_dense(digits_run):
   # Calibrated on this tiny protocol (51 % of weights left) over pruning seeds 1-4 x final seeds 11, 12:
   # the signed transfer ended between 0.56 points below and 0.56 points above the dense network.
   assert signed >= dense - 0.02, (signed, dense)
-  with open(os.path.join(digits_run[0], 'results.json')) as f:
+  with open(RunDir(digits_run[0]).results) as f:
     assert json.load(f) == results
 
 
@@ -99,13 +100,13 @@ def test_signed_transfer_starts_from_fresh_magnitudes_and_trained_signs(digits_r
 
 def test_metrics_and_tensorboard_are_written(digits_run):
   workdir, config, _ = digits_run
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+  with open(RunDir(workdir).metrics) as f:
     records = [json.loads(line) for line in f]
   epochs = (config.prune.warmup_epochs + config.prune.rounds * config.prune.round_epochs
             + 3 * config.final.epochs)
   assert len(records) == epochs
   assert {'phase', 'epoch', 'train_loss', 'train_accuracy', 'test_accuracy', 'test_loss'} <= set(records[0])
-  scalars = tensorboard_scalars(os.path.join(workdir, 'tensorboard'))
+  scalars = tensorboard_scalars(RunDir(workdir).tensorboard)
   assert {('round_0', 'test_accuracy'), ('round_3', 'train_loss'), ('final_signed_round3_seed2', 'train_loss')} <= set(
       scalars)
   assert len(scalars['round_3', 'train_loss']) == config.prune.round_epochs  # one point per epoch
@@ -139,7 +140,7 @@ def assert_one_line_error(result, *fragments):
 def test_bad_command_line_is_refused_on_one_line(tmp_path, flag, fragments):
   result = run_cli(tmp_path / 'run', flag)
   assert_one_line_error(result, *fragments)
-  assert not (tmp_path / 'run' / 'checkpoints').exists()
+  assert not os.path.exists(RunDir(tmp_path / 'run').checkpoint_root)
 
 
 @pytest.mark.parametrize('overrides, fragments', [
@@ -158,10 +159,10 @@ def test_bad_config_values_are_refused(overrides, fragments):
 
 def test_workdir_of_another_config_is_refused_unless_overwrite(digits_run, tmp_path):
   workdir = digits_run[0]
-  before = open(os.path.join(workdir, 'results.json')).read()
+  before = open(RunDir(workdir).results).read()
   result = run_cli(workdir, '--config.prune.fraction=0.3')
   assert_one_line_error(result, 'prune.fraction', 'overwrite')
-  assert open(os.path.join(workdir, 'results.json')).read() == before
+  assert open(RunDir(workdir).results).read() == before
 
 
 def test_overwrite_replaces_the_old_run(digits_run, tmp_path):
@@ -170,9 +171,9 @@ def test_overwrite_replaces_the_old_run(digits_run, tmp_path):
   result = run_cli(workdir, '--config.stage=prune', '--config.prune.rounds=1', '--config.prune.fraction=0.5',
                    '--config.overwrite=True')
   assert result.returncode == 0, result.stderr
-  results = json.loads((workdir / 'results.json').read_text())
+  results = json.loads(pathlib.Path(RunDir(workdir).results).read_text())
   assert [r['fraction_left'] for r in results['rounds']] == pytest.approx([1.0, 0.5], abs=1e-4)
-  assert results['final'] == [] and not (workdir / 'checkpoints' / 'final').exists()
+  assert results['final'] == [] and not RunDir(workdir).finals
 
 
 def test_final_stage_from_a_round_never_reached(tmp_path):
@@ -208,4 +209,4 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
   log.close()
   result = run_cli(tmp_path / 'diverged', '--config.optimizer.lr=1e30')
   assert_one_line_error(result, 'loss became', 'round 0, epoch 1', 'lower --config.optimizer.lr')
-  assert (tmp_path / 'diverged' / 'config.json').exists()
+  assert os.path.exists(RunDir(tmp_path / 'diverged').config)

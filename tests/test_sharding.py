@@ -1,6 +1,7 @@
 """Many devices mean the same as one: 8 virtual CPU devices (data parallel and FSDP) against a single device."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from aws_jax import protocol
+from aws_jax.rundir import RunDir
 from conftest import REPO, run_cli, tiny_digits_config
 
 # Trains a few steps, prunes once, trains a few more on however many devices XLA was given; saves what it saw.
@@ -90,6 +92,6 @@ def test_checkpoints_move_between_one_and_eight_devices(tmp_path):
       finally:
         del os.environ['XLA_FLAGS']
       assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads((workdir / 'results.json').read_text())
+    results = json.loads(pathlib.Path(RunDir(workdir).results).read_text())
     assert [f['mode'] for f in results['final']] == ['signed']
     assert results['final'][0]['test_accuracy'] > 0.5

@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from aws_jax import plots, study
 from aws_jax.errors import UserError
+from aws_jax.rundir import RunDir
 from conftest import REPO
 
 # configs/digits.py:study shrunk to a couple of minutes: 2 rounds, 2-epoch final trainings, cheap ψ-reset barriers.
@@ -164,8 +166,8 @@ def test_sign_changes_figure(tmp_path):
     rounds = [{'round': k, 'method': method, 'fraction_left': 0.8 ** k, 'test_accuracy': 0.9,
                'signs_changed_from_init': flip, 'signs_changed_from_previous': flip / 2} for k, flip in
               enumerate(flips)]
-    (directory / 'results.json').write_text(json.dumps({'rounds': rounds, 'final': []}))
-    (directory / 'config.json').write_text(json.dumps({'method': method}))
+    pathlib.Path(RunDir(directory).results).write_text(json.dumps({'rounds': rounds, 'final': []}))
+    pathlib.Path(RunDir(directory).config).write_text(json.dumps({'method': method}))
     runs.append(str(directory))
   lines = plots.plot_sign_changes(runs, str(tmp_path / 'signs.png'))
   np.testing.assert_allclose(lines['signs_changed_from_init']['LRR']['y'], [0, 20, 30])
@@ -207,24 +209,24 @@ def test_digits_study_runs_then_widens(tmp_path):
     with open(workdir / name, 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n', name
   for method in ('aws', 'lrr'):  # ordinary run directories; dense trained in the first method's only
-    results = json.loads((workdir / method / 'results.json').read_text())
+    results = json.loads(pathlib.Path(RunDir(workdir / method).results).read_text())
     assert [r['round'] for r in results['rounds']] == [0, 1, 2]
     assert ({f['mode'] for f in results['final']} == set(TRAINED) | ({'dense'} if method == 'aws' else set()))
 
-  analysed = {**file_times(workdir / 'aws' / 'analyses'), **file_times(workdir / 'lrr' / 'analyses')}
+  analysed = {**file_times(RunDir(workdir / 'aws').analyses), **file_times(RunDir(workdir / 'lrr').analyses)}
   rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert {**file_times(workdir / 'aws' / 'analyses'), **file_times(workdir / 'lrr' / 'analyses')} == analysed
+  assert {**file_times(RunDir(workdir / 'aws').analyses), **file_times(RunDir(workdir / 'lrr').analyses)} == analysed
   assert [without_wall(r) for r in read_csv(workdir / 'study.csv')] == [without_wall(r) for r in rows]
 
-  before = {**file_times(workdir / 'aws' / 'checkpoints'), **file_times(workdir / 'lrr' / 'checkpoints')}
+  before = {**file_times(RunDir(workdir / 'aws').checkpoint_root), **file_times(RunDir(workdir / 'lrr').checkpoint_root)}
   widened = study.run(study_config(**{'study.starts': STARTS, 'study.seeds': (2, 3, 4)}), str(workdir))
-  after = {**file_times(workdir / 'aws' / 'checkpoints'), **file_times(workdir / 'lrr' / 'checkpoints')}
+  after = {**file_times(RunDir(workdir / 'aws').checkpoint_root), **file_times(RunDir(workdir / 'lrr').checkpoint_root)}
   assert {p: after[p] for p in before} == before  # nothing trained before was trained again
   new = {(r['method'], r['start'], r['seed']) for r in widened['rows']} - {(m, s, int(seed)) for m, s, _, seed in grid}
   assert new == {(m, s, 4) for m in ('aws', 'lrr') for s in TRAINED} | {('dense', 'dense', 4)}
   pairs = {p: t for p, t in analysed.items() if os.sep + 'pairs' + os.sep in p}
-  widened_times = {**file_times(workdir / 'aws' / 'analyses'), **file_times(workdir / 'lrr' / 'analyses')}
+  widened_times = {**file_times(RunDir(workdir / 'aws').analyses), **file_times(RunDir(workdir / 'lrr').analyses)}
   assert {p: widened_times[p] for p in pairs} == pairs  # each pair's barrier measured once
   signed = [r for r in widened['rows'] if (r['method'], r['start']) == ('aws', 'signed')]
   assert len(signed) == 3 and all(r['sgd_noise_barrier'] is not None for r in signed)

@@ -1,0 +1,57 @@
+"""The run directory's layout and the config fingerprint across aws_jax versions."""
+import json
+import os
+
+import pytest
+
+from aws_jax import config as config_lib
+from aws_jax import protocol
+from aws_jax.errors import UserError
+from aws_jax.rundir import RunDir
+from conftest import tiny_digits_config
+
+
+def test_every_path_lies_under_the_root(tmp_path):
+  rundir = RunDir(str(tmp_path / 'run'))
+  paths = [rundir.config, rundir.results, rundir.metrics, rundir.tensorboard, rundir.lock, rundir.barriers,
+           rundir.checkpoints('prune'), rundir.checkpoints('rewind'), rundir.checkpoints(rundir.final_name('signed', 3, 2)),
+           rundir.partial('round 1'), rundir.analysis('round1', 'psi_reset_barrier')]
+  assert len(set(paths)) == len(paths)
+  assert all(p.startswith(rundir.root + os.sep) for p in paths)
+  assert rundir.relative(rundir.checkpoints('prune')) == os.path.join('checkpoints', 'prune')
+  assert rundir.relative('/elsewhere/x') == '/elsewhere/x'
+  assert RunDir.final_name('signed', 3, 2) == 'signed_round3_seed2'
+
+
+def test_a_key_added_later_is_no_change_at_its_legacy_value(monkeypatch):
+  config = tiny_digits_config()
+  current = config_lib.fingerprint(config)
+  assert current['schema'] == config_lib.SCHEMA
+  earlier = {k: v for k, v in current.items() if k not in ('schema', 'prune.scope')}  # before prune.scope existed
+  assert config_lib.changed_keys(earlier, current) == []
+  monkeypatch.setitem(config_lib.LEGACY_DEFAULTS, 'prune.scope', 'layerwise')  # as if runs were layerwise before
+  assert config_lib.changed_keys(earlier, current) == ['prune.scope']
+  message = config_lib.refusal('W', earlier, current, ['prune.scope'])
+  assert "before prune.scope existed; resume it with --config.prune.scope='layerwise'" in message
+  assert config_lib.changed_keys({**current, 'removed.key': 1}, current) == []  # a key aws_jax dropped decides nothing
+
+
+def test_a_workdir_of_an_earlier_aws_jax_resumes_into_the_final_stage(tmp_path, monkeypatch):
+  """A pruning stage whose config.json predates the schema and a key: the final stage runs on it; with that key's
+  legacy value elsewhere than its default, the workdir is refused on one line naming the flag."""
+  workdir = str(tmp_path / 'run')
+  common = {'prune.rounds': 1, 'prune.warmup_epochs': 1, 'prune.round_epochs': 1, 'barrier.psi_reset': False,
+            'final.epochs': 1, 'final.modes': ('signed',)}
+  protocol.run(tiny_digits_config(**common, stage='prune'), workdir)
+  path = RunDir(workdir).config
+  with open(path) as f:
+    recorded = json.load(f)
+  older = {k: v for k, v in recorded.items() if k not in ('schema', 'prune.rewind_epoch')}
+  with open(path, 'w') as f:
+    json.dump(older, f)
+  monkeypatch.setitem(config_lib.LEGACY_DEFAULTS, 'prune.rewind_epoch', 3)
+  with pytest.raises(UserError, match='before prune.rewind_epoch existed; resume it with --config.prune.rewind_epoch=3'):
+    protocol.run(tiny_digits_config(**common, stage='final'), workdir)
+  monkeypatch.undo()
+  results = protocol.run(tiny_digits_config(**common, stage='final'), workdir)
+  assert [f['mode'] for f in results['final']] == ['signed'] and len(results['rounds']) == 2
