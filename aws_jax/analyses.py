@@ -34,6 +34,7 @@ class Network:
   reference: str | None = None           # ... the retrained network of its source round and seed (`lmc_barrier`)
   peers: tuple[str, ...] = ()            # ... and the other seeds' networks of its start (`sgd_noise_barrier`)
   load: Callable[[str], train.TrainState] | None = None  # a network of the run directory, by name
+  measured: dict = dataclasses.field(default_factory=dict)  # what one analysis measured that another reuses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,16 +132,33 @@ def recalibrated(setup: Setup, state: train.TrainState) -> train.TrainState:
 
 # --- The registered analyses. -------------------------------------------------------------------------------------
 
+def recalibrated_metrics(setup: Setup, network: Network) -> dict:
+  """The network's test loss and accuracy with BatchNorm statistics re-estimated at α = 0, measured once per network
+  (the recalibrated accuracy and the ψ-reset path's α = 1 point are this one measurement)."""
+  if 'recalibrated' not in network.measured:
+    network.measured['recalibrated'] = setup.evaluate(recalibrated(setup, network.state))
+  return network.measured['recalibrated']
+
+
 def _recalibrated_accuracy(setup: Setup, network: Network) -> dict:
   """Test loss and accuracy with BatchNorm statistics re-estimated at α = 0: under AWS the running statistics were
   gathered under random α and can mislead; this measures the network that is evaluated and transferred."""
-  return {f'recalibrated_test_{k}': v for k, v in setup.evaluate(recalibrated(setup, network.state)).items()}
+  return {f'recalibrated_test_{k}': v for k, v in recalibrated_metrics(setup, network).items()}
 
 
 def _psi_reset(setup: Setup, network: Network) -> dict:
-  """The error barrier (points of test error) between the network and itself with ψ reset; the curve and errors."""
+  """The error barrier (points of test error) between the network and itself with ψ reset; the curve and errors.
+  Its α = 1 point is the network itself with statistics re-estimated on the path's batches: the recalibrated
+  measurement, shared (with `barrier.bn_batches` 0, the network's own statistics: the round's test metrics)."""
+  n = setup.dataset.num_test
+  if setup.config.barrier.bn_batches:
+    own = recalibrated_metrics(setup, network)
+  else:
+    own = {k: network.summary[f'test_{k}'] for k in ('loss', 'accuracy')} if 'test_loss' in network.summary else \
+        setup.evaluate(network.state)
+  end = (own['loss'] * n, round(own['accuracy'] * n))
   curve = barrier.psi_reset_curve(setup.model, network.state, setup.is_norm, path_data(setup),
-                                  setup.config.barrier.points, setup.config.barrier.chunk)
+                                  setup.config.barrier.points, setup.config.barrier.chunk, end)
   return {'psi_reset_barrier': curve['barrier'], 'psi_reset_curve': curve['curve'],
           'psi_reset_test_error': curve['test_error']}
 
@@ -203,7 +221,7 @@ def _sgd_noise_barrier(setup: Setup, network: Network) -> dict:
   """SGD-noise stability: the mean barrier to the networks of the same start trained with the other seeds."""
   barriers = [curve['barrier'] for curve in (pair_curve(setup, network, peer) for peer in network.peers) if curve]
   if not barriers:
-    return {'sgd_noise_peers': list(network.peers)}
+    return {'sgd_noise_peers': list(network.peers)} if network.peers else {}
   return {'sgd_noise_barrier': float(sum(barriers) / len(barriers)), 'sgd_noise_peers': list(network.peers)}
 
 
@@ -216,4 +234,4 @@ register(Analysis('lmc_barrier', 'final', _lmc_barrier, key='lmc_barrier', categ
                   applies=lambda setup: setup.config.barrier.lmc and not setup.streamed))
 register(Analysis('sgd_noise_barrier', 'final', _sgd_noise_barrier, key='sgd_noise_barrier', category='barrier',
                   applies=lambda setup: setup.config.barrier.sgd_noise and not setup.streamed,
-                  current=lambda stored, network: stored.get('sgd_noise_peers') == list(network.peers)))
+                  current=lambda stored, network: stored.get('sgd_noise_peers', []) == list(network.peers)))

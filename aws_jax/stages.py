@@ -79,8 +79,8 @@ def pruning_stage(setup: Setup, rundir: RunDir, method: str, log: reporting.Metr
     with timer('checkpoint'):
       checkpoints.save(round_index, state, {**summary, **timer.fields()})
     partial.discard()
-    found = analyses.analyse(setup, rundir, 'round',
-                             analyses.Network(round_name(round_index), state, previous_signs=previous_signs))
+    found = analyses.analyse(setup, rundir, 'round', analyses.Network(round_name(round_index), state,
+                                                                     previous_signs=previous_signs, summary=summary))
     reporting.say(round_line({**summary, **timer.fields(), **found}))
     signum = stop_requested(at_boundary=True)
     if signum and round_index < last:

@@ -163,14 +163,18 @@ def barrier(test_error) -> float:
   return float(np.max(excess_error(test_error)))
 
 
-def error_curve(model, variables_a, variables_b, data: PathData, points: int = 11, chunk: int = 0) -> dict:
+def error_curve(model, variables_a, variables_b, data: PathData, points: int = 11, chunk: int = 0,
+                end: tuple[float, float] | None = None) -> dict:
   """Test error (%) and loss of θ(α) = α·θ_a + (1 − α)·θ_b for α = 0, 1/(points−1), …, 1, the curve, the barrier.
 
   `variables_*` are Flax variables, {'params': …, 'batch_stats': …} (statistics may be {}); they must match
-  (`check_compatible`). Error = 100 − test accuracy in %.
+  (`check_compatible`). Error = 100 − test accuracy in %. `end`: (test loss sum, correct count) at α = 1 where the
+  caller has already measured network a as this path would (its statistics re-estimated on the same batches).
   """
   alphas = np.linspace(0, 1, points)
-  loss, correct = path_metrics(model, variables_a, variables_b, data, alphas, chunk)
+  loss, correct = path_metrics(model, variables_a, variables_b, data, alphas[:-1] if end else alphas, chunk)
+  if end:
+    loss, correct = np.append(loss, end[0]), np.append(correct, end[1])
   n = data.test_labels.shape[0]
   test_error = 100 * (1 - correct / n)
   return {'alphas': alphas.round(6).tolist(), 'test_error': test_error.tolist(), 'test_loss': (loss / n).tolist(),
@@ -206,11 +210,12 @@ def variables(state: train.TrainState) -> dict:
 
 
 def psi_reset_curve(model, state: train.TrainState, is_norm: PyTree, data: PathData, points: int = 11,
-                    chunk: int = 0) -> dict:
-  """The path from the network with ψ reset to its initial value (α = 0) to the network itself (α = 1)."""
+                    chunk: int = 0, end: tuple[float, float] | None = None) -> dict:
+  """The path from the network with ψ reset to its initial value (α = 0) to the network itself (α = 1; `end`, its
+  test loss sum and correct count, where already measured)."""
   reset = pruning.reset_norm(state.params, state.init_params, is_norm)
   return error_curve(model, variables(state), {'params': reset, 'batch_stats': state.batch_stats}, data, points,
-                     chunk)
+                     chunk, end)
 
 
 # --- Checkpoints: what `python -m aws_jax.barrier` compares. ----------------------------------------------------
