@@ -1,4 +1,5 @@
 """What a run writes for people: per-epoch metrics (JSONL + TensorBoard), results.json and a summary table."""
+import functools
 import json
 import os
 import sys
@@ -9,23 +10,22 @@ import jax
 from aws_jax.rundir import RunDir
 
 
-def _import_tensorboardx():
-  """tensorboardX, without the `import torch` its writer makes where PyTorch is installed (2.5 s at every start) only
-  to accept torch tensors, which aws_jax never gives it."""
+@functools.cache
+def _tensorboardx():
+  """tensorboardX, imported when a run first writes an event, without the `import torch` its writer makes where
+  PyTorch is installed (2.5 s at every start) only to accept torch tensors, which aws_jax never gives it: `torch` is
+  hidden from the import system for the duration of that one import (ImportError, which tensorboardX handles)."""
   blocked = 'torch' not in sys.modules
   if blocked:
-    sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX handles
+    sys.modules['torch'] = None
   try:
     import tensorboardX  # pylint: disable=import-outside-toplevel
-    return tensorboardX
+    from tensorboardX import event_file_writer  # pylint: disable=import-outside-toplevel
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    return tensorboardX, event_file_writer, event_pb2
   finally:
     if blocked:
       del sys.modules['torch']
-
-
-tensorboardX = _import_tensorboardx()
-from tensorboardX import event_file_writer  # pylint: disable=wrong-import-position
-from tensorboardX.proto import event_pb2  # pylint: disable=wrong-import-position
 
 
 def is_main_process() -> bool:
@@ -74,15 +74,17 @@ class MetricsLog:
       with open(self.path, 'a') as f:
         f.write(line + '\n')
     events = self._events(record['phase'], global_step)
+    tensorboardx, _, event_pb2 = _tensorboardx()
     for name, value in record.items():
       if isinstance(value, float):
         events.write_event(event_pb2.Event(wall_time=time.time(), step=global_step,
-                                           summary=tensorboardX.summary.scalar(name, value)))
+                                           summary=tensorboardx.summary.scalar(name, value)))
     events.flush()
 
-  def _events(self, phase: str, first_step: int) -> event_file_writer.EventsWriter:
+  def _events(self, phase: str, first_step: int):
     """The event file of `phase` for this attempt; it opens by hiding what earlier attempts logged from `first_step`
     on. Written synchronously (tensorboardX's SummaryWriter queues events in a thread: a kill would lose some)."""
+    _, event_file_writer, event_pb2 = _tensorboardx()
     if phase != self._phase:
       self.close()
       directory = os.path.join(self._tensorboard_dir, phase.replace(' ', '_'))
