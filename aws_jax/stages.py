@@ -179,7 +179,7 @@ def start_state(setup: Setup, start: str, signed, seed: int, tx, source: train.T
   if entry.needs_source and source is None:
     raise UserError(f'start {start!r} needs the trained source network, which a signs file does not hold: drop it '
                     f'from the starts, or run from the pruning workdir')
-  if source is not None:
+  if entry.needs_source:
     source = jax.tree.map(jnp.copy, source)  # its own buffers: the step donates its state
   inputs = starts.StartInputs(fresh=setup.fresh_state(seed, tx), signed=signed, source=source,
                               key=jax.random.fold_in(jax.random.PRNGKey(seed), START_KEY), is_norm=setup.is_norm,
