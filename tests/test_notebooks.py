@@ -7,6 +7,8 @@ import nbclient
 import nbformat
 import pytest
 
+from aws_jax.rundir import RunDir
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ('quickstart', 'ablation')
 
@@ -90,7 +92,7 @@ def test_quickstart_tiny(tmp_path, monkeypatch):
   runs = execute(nb, tmp_path, monkeypatch)
   text, images = outputs(nb)
   assert f'aws_jax from {REPO}' in text  # the install cell found this checkout and installed nothing
-  results = load_json(RunDir(runs / 'tiny_aws').results)
+  results = load_json(pathlib.Path(RunDir(runs / 'tiny_aws').results))
   assert [r['round'] for r in results['rounds']] == [0, 1, 2]
   assert all('psi_reset_barrier' in r for r in results['rounds'])
   assert {f['mode'] for f in results['final']} == {'signed', 'mask', 'retrain'}
@@ -105,7 +107,7 @@ def test_ablation_tiny(tmp_path, monkeypatch):
   text, images = outputs(nb)
   assert f'aws_jax from {REPO}' in text
   for method in ('aws', 'lrr'):
-    rounds = load_json(RunDir(runs / f'tiny_{method}').results)['rounds']
+    rounds = load_json(pathlib.Path(RunDir(runs / f'tiny_{method}').results))['rounds']
     assert [r['round'] for r in rounds] == [0, 1, 2] and rounds[0]['method'] == method
     assert all('psi_reset_barrier' in r for r in rounds)
   ablation = load_json(runs / 'tiny_ablation' / 'ablation.json')
