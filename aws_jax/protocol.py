@@ -149,12 +149,15 @@ class Setup:
 
   def recalibrator(self) -> Callable[[train.TrainState], dict]:
     """`recalibrate(state)`: test loss and accuracy with BatchNorm statistics re-estimated at α = 0 on training
-    batches (`barrier.bn_batches` of them; one epoch if 0). Under AWS the running statistics were gathered under
-    random α and can mislead; this measures the network that is evaluated and transferred."""
+    batches (`barrier.bn_batches` of them; one epoch if 0), as `barrier.reestimate` says. Under AWS the running
+    statistics were gathered under random α and can mislead; this measures the network that is evaluated and
+    transferred."""
     count = self.config.barrier.bn_batches or -1
     batches = sharding.put(barrier.bn_batch_indices(self.dataset.num_train, self.config.batch_size, count),
                            sharding.replicated(self.mesh))
-    reestimate = jax.jit(functools.partial(barrier.reestimate_batch_stats, self.model),
+    reestimate = jax.jit(functools.partial(barrier.reestimate_batch_stats, self.model,
+                                           method=self.config.barrier.reestimate,
+                                           augmentation=self.dataset.augmentation),
                          compiler_options=conv.compiler_options())
 
     def recalibrate(state: train.TrainState) -> dict:
@@ -171,14 +174,15 @@ class Setup:
                       f'--config.barrier.psi_reset=False')
     return barrier.path_data(self.train_images, self.test_images, self.test_labels, self.dataset.mean,
                              self.dataset.std, batch_size=self.config.batch_size,
-                             bn_batches=self.config.barrier.bn_batches, eval_batch_size=self.config.eval_batch_size)
+                             bn_batches=self.config.barrier.bn_batches, eval_batch_size=self.config.eval_batch_size,
+                             reestimate=self.config.barrier.reestimate, augmentation=self.dataset.augmentation)
 
 
 def make_setup(config: ml_collections.ConfigDict) -> Setup:
-  dataset = data_lib.load(config.dataset, config.data_dir or None, config.download)
+  dataset = data_lib.load(config.dataset, config.data_dir or None, config.download, config.normalization)
   if config.train_examples:
     dataset = data_lib.first_examples(dataset, config.train_examples)
-  model = models.create_model(config.model, dataset.num_classes)
+  model = models.create_model(config.model, dataset.num_classes, config.init, config.drop_connect)
   params, _ = jax.eval_shape(lambda: train.init_variables(model, jax.random.PRNGKey(0), dataset.image_shape))
   if config.batch_size > dataset.num_train:
     raise UserError(f'--config.batch_size={config.batch_size} exceeds the {dataset.num_train} '
