@@ -113,17 +113,20 @@ def path_data(setup: Setup) -> barrier.PathData:
   config = setup.config
   return _cached(setup, 'path_data', lambda: barrier.path_data(
       setup.train_images, setup.test_images, setup.test_labels, setup.dataset.mean, setup.dataset.std,
-      batch_size=config.batch_size, bn_batches=config.barrier.bn_batches, eval_batch_size=config.eval_batch_size))
+      batch_size=config.batch_size, bn_batches=config.barrier.bn_batches, eval_batch_size=config.eval_batch_size,
+      reestimate=config.barrier.reestimate, augmentation=setup.dataset.augmentation))
 
 
 def recalibrated(setup: Setup, state: train.TrainState) -> train.TrainState:
   """`state` with BatchNorm statistics re-estimated at α = 0 on training batches (`barrier.bn_batches` of them;
-  one epoch if 0), as the barrier's points are."""
+  one epoch if 0), as `barrier.reestimate` says and as the barrier's points are."""
   def build():
     count = setup.config.barrier.bn_batches or -1
     batches = sharding.put(barrier.bn_batch_indices(setup.dataset.num_train, setup.config.batch_size, count),
                            sharding.replicated(setup.mesh))
-    reestimate = jax.jit(functools.partial(barrier.reestimate_batch_stats, setup.model),
+    reestimate = jax.jit(functools.partial(barrier.reestimate_batch_stats, setup.model,
+                                           method=setup.config.barrier.reestimate,
+                                           augmentation=setup.dataset.augmentation),
                          compiler_options=conv.compiler_options())
     return lambda s: reestimate(s.params, s.batch_stats, setup.train_images, batches, setup.dataset.mean,
                                 setup.dataset.std)

@@ -23,6 +23,13 @@ OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('step', 'cosine', 'constant')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 SEEDS_AT_ONCE = ('auto', 'vmap', 'sequential')
+INITS = ('authors', 'flax')  # = models.INITS
+NORMALIZATIONS = ('authors', 'computed')
+REESTIMATES = ('authors', 'average')
+
+# The value of each key added since runs first recorded their config that reproduces how those runs were made (where
+# that is not the key's default): a run directory written before a key existed resumes when it has this value.
+LEGACY_DEFAULTS = {'init': 'flax', 'drop_connect': 0.2, 'normalization': 'computed', 'barrier.reestimate': 'average'}
 
 # Keys that may change between two invocations on the same workdir: they pick what to run, not what a run is.
 RERUN_KEYS = ('stage', 'study.methods', 'study.starts', 'study.source_rounds', 'study.seeds', 'data_workers',
@@ -41,6 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.train_examples = 0         # > 0: train on only the first this many training examples (quick studies)
   config.data_workers = 0           # decoding processes of a streamed dataset (imagenet2012); 0: in this process
   config.model = 'small_cnn'        # one of MODELS above: small_cnn, resnet20, vgg16, resnet50, mobilenetv2, ...
+  config.init = 'authors'           # initial weights and biases: 'authors' as the authors' PyTorch code draws them
+                                    # (docs/method.md, "Initialisation"), 'flax' Flax's defaults (zero biases)
+  config.drop_connect = 0.0         # efficientnet_b0 only: block b of 16 drops its residual branch with probability
+                                    # drop_connect·b/16; the authors' runs had 0 (their code means 0.2)
+  config.normalization = 'authors'  # 'authors': the reference's constants (CIFAR-10's for cifar100, ImageNet's for
+                                    # tiny_imagenet), computed for other datasets; 'computed': the training set's
   config.seed = 1                   # pruning-stage seed: initialisation, data order, α draws
   config.batch_size = 128
   config.eval_batch_size = 1000
@@ -78,6 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.barrier.points = 11        # α = 0, 1/(points − 1), …, 1 along the linear path
   config.barrier.bn_batches = -1    # training batches re-estimating BatchNorm statistics at each α: -1 one epoch,
                                     # 0 none (the statistics are interpolated too)
+  config.barrier.reestimate = 'average'  # how: 'average' of un-augmented batches' statistics; 'authors' as the
+                                    # reference, fresh statistics, augmented batches, momentum 0.1 (docs/method.md)
   config.barrier.chunk = 0          # α points vmapped together; 0: all on an accelerator, 1 on CPU (faster there)
   config.barrier.psi_reset = True   # the pruning stage records the ψ-reset barrier after every round
   config.barrier.lmc = True         # final trainings record the barrier to the retrained network of their seed
@@ -127,6 +142,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config, 'final.schedule', SCHEDULES)
   _one_of(config, 'compute_dtype', COMPUTE_DTYPES)
   _one_of(config, 'final.seeds_at_once', SEEDS_AT_ONCE)
+  _one_of(config, 'init', INITS)
+  _one_of(config, 'normalization', NORMALIZATIONS)
+  _one_of(config, 'barrier.reestimate', REESTIMATES)
+  _check(0 <= config.drop_connect < 1, f'--config.drop_connect={config.drop_connect} must lie in [0, 1)')
   _check(0 < config.prune.fraction < 1,
          f'--config.prune.fraction={config.prune.fraction} must lie strictly between 0 and 1')
   _check(config.train_examples >= 0, f'--config.train_examples={config.train_examples} must be >= 0 (0: all)')
@@ -204,9 +223,6 @@ def source_round(config: ml_collections.ConfigDict) -> int:
 
 
 SCHEMA = 2  # of config.json: 1 (no "schema" key) until keys added later could be told apart from changed ones
-# Keys added since the first schema, with the value that reproduces how runs were made before each existed (where
-# that is not the key's default): a run directory written before a key existed resumes when it has this value.
-LEGACY_DEFAULTS: dict = {}
 
 
 def fingerprint(config: ml_collections.ConfigDict, method: str | None = None) -> dict:
@@ -229,10 +245,8 @@ def fingerprint(config: ml_collections.ConfigDict, method: str | None = None) ->
 
 
 def _legacy_value(key: str):
-  if key in LEGACY_DEFAULTS:
-    return LEGACY_DEFAULTS[key]
-  value = fingerprint(base_config()).get(key)
-  return value
+  """The value of `key` that reproduces runs made before it existed."""
+  return LEGACY_DEFAULTS[key] if key in LEGACY_DEFAULTS else fingerprint(base_config()).get(key)
 
 
 def changed_keys(previous: dict, current: dict) -> list[str]:
@@ -254,8 +268,7 @@ def refusal(root: str, previous: dict, current: dict, changed: list[str]) -> str
   """The one-line refusal of a run directory whose recorded config differs in `changed`."""
   added = [k for k in changed if k not in previous]
   if added:
-    flags = ' '.join(f'--config.{k}={_legacy_value(k)!r}' if isinstance(_legacy_value(k), str) else
-                     f'--config.{k}={_legacy_value(k)}' for k in added)
+    flags = ' '.join(f'--config.{k}={_legacy_value(k)}' for k in added)
     return (f'{root} was written by an earlier aws_jax, before {", ".join(added)} existed; resume it with {flags} '
             f'(how it was made), or rerun with --config.overwrite=True to replace it, or choose another --workdir')
   key = changed[0]

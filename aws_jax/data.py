@@ -50,6 +50,10 @@ _IMAGENET_SIZE = 224
 _IMAGENET_RESIZE = 256  # test: shorter side resized to this, then the central _IMAGENET_SIZE crop
 _IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255  # the usual statistics, in pixel units
 _IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+# The reference's constants (its data/utils.py), in pixel units: CIFAR-10's for CIFAR-100, ImageNet's for Tiny-ImageNet.
+_CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32) * 255
+_CIFAR10_STD = np.array([0.2023, 0.1994, 0.2010], np.float32) * 255
+AUTHORS_NORMALIZATION = {'cifar100': (_CIFAR10_MEAN, _CIFAR10_STD), 'tiny_imagenet': (_IMAGENET_MEAN, _IMAGENET_STD)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,17 +144,28 @@ class StreamedDataset:
       yield batch['image'], batch['label'], batch['valid']
 
 
-def load(name: str, data_dir: str | os.PathLike | None = None,
-         download: bool = False) -> Dataset | StreamedDataset:
+def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = False,
+         normalization: str = 'computed') -> Dataset | StreamedDataset:
   """Loads a dataset of `DATASETS`: 'imagenet2012' as a `StreamedDataset`, the others as a `Dataset`.
 
   `data_dir` is the TFDS data directory (default: as TFDS resolves it); for 'tiny_imagenet', the folder holding
   tiny-imagenet-200/, or that folder itself (default: $TINY_IMAGENET_DIR, else TFDS's data directory).
+  `normalization` 'computed': the training set's per-channel mean and std; 'authors': the reference's constants
+  where it has them (`AUTHORS_NORMALIZATION`), else computed. ImageNet always has ImageNet's usual constants.
   """
   if name not in DATASETS:
     raise UserError(f'Unknown dataset {name!r}; choose one of: {", ".join(DATASETS)}.')
   if name == 'imagenet2012':
     return _load_imagenet(os.fspath(data_dir) if data_dir else _default_tfds_data_dir())
+  dataset = _load_in_memory(name, data_dir, download)
+  if normalization == 'authors' and name in AUTHORS_NORMALIZATION:
+    mean, std = AUTHORS_NORMALIZATION[name]
+    dataset = dataclasses.replace(dataset, mean=mean, std=std)
+  return dataset
+
+
+def _load_in_memory(name: str, data_dir, download: bool) -> Dataset:
+  """The in-memory dataset `name`, with its training set's per-channel statistics."""
   if name == 'tiny_imagenet':
     return _load_tiny_imagenet(_tiny_imagenet_root(data_dir), download)
   if name == 'digits':

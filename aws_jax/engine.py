@@ -163,10 +163,10 @@ class Setup:
 
 def make_setup(config: ml_collections.ConfigDict) -> Setup:
   """Loads the data, builds the model and the mesh of `config`; UserError for a batch the data or devices refuse."""
-  dataset = data_lib.load(config.dataset, config.data_dir or None, config.download)
+  dataset = data_lib.load(config.dataset, config.data_dir or None, config.download, config.normalization)
   if config.train_examples:
     dataset = data_lib.first_examples(dataset, config.train_examples)
-  model = models.create_model(config.model, dataset.num_classes)
+  model = models.create_model(config.model, dataset.num_classes, config.init, config.drop_connect)
   params, _ = jax.eval_shape(lambda: train.init_variables(model, jax.random.PRNGKey(0), dataset.image_shape))
   if config.batch_size > dataset.num_train:
     raise UserError(f'--config.batch_size={config.batch_size} exceeds the {dataset.num_train} '

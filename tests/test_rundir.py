@@ -32,7 +32,7 @@ def test_a_key_added_later_is_no_change_at_its_legacy_value(monkeypatch):
   monkeypatch.setitem(config_lib.LEGACY_DEFAULTS, 'prune.scope', 'layerwise')  # as if runs were layerwise before
   assert config_lib.changed_keys(earlier, current) == ['prune.scope']
   message = config_lib.refusal('W', earlier, current, ['prune.scope'])
-  assert "before prune.scope existed; resume it with --config.prune.scope='layerwise'" in message
+  assert "before prune.scope existed; resume it with --config.prune.scope=layerwise" in message
   assert config_lib.changed_keys({**current, 'removed.key': 1}, current) == []  # a key aws_jax dropped decides nothing
 
 

@@ -1,10 +1,13 @@
 """Linear mode connectivity: error along the straight path between two networks, and its barrier.
 
 θ(α) = α·θ_a + (1 − α)·θ_b over every parameter (normalization layers included), for α = 0, …, 1. Before θ(α) is
-evaluated its BatchNorm statistics are estimated afresh in training mode, as the average over training batches
-(PyTorch's `reset_running_stats` with `momentum=None`). The curve is error(α) − (error(0) + error(1)) / 2 and the
-error barrier its maximum (docs/method.md, "Analysis"). All points of a path are one jitted computation, vmapped over
-chunks of α (all of them on an accelerator, halved if memory runs out; one at a time on CPU, see `default_chunk`).
+evaluated its BatchNorm statistics are estimated again in training mode (`reestimate_batch_stats`): 'average', the
+plain average of un-augmented training batches' statistics; or 'authors', as the reference's
+calculate_error_barrier.py does it, from fresh statistics (mean 0, variance 1) updated with momentum 0.1 over
+augmented, shuffled training batches, an exponential average weighted to the last ~20 batches. The curve is
+error(α) − (error(0) + error(1)) / 2 and the error barrier its maximum (docs/method.md, "Analysis"). All points of a
+path are one jitted computation, vmapped over chunks of α (all of them on an accelerator, halved if memory runs out;
+one at a time on CPU, see `default_chunk`).
 
 `python -m aws_jax.barrier` is the command line over `compare` (see its --help).
 """
@@ -31,6 +34,7 @@ from aws_jax.errors import UserError
 PyTree = Any
 PRESETS = ('lmc', 'sgd_noise', 'psi_reset')
 BN_PHASE = 2_000_000  # data-order phase of the batches BatchNorm statistics are re-estimated on
+REFERENCE_MOMENTUM = 0.1  # PyTorch's BatchNorm default: new = 0.9·old + 0.1·batch's
 
 
 def interpolate(tree_a: PyTree, tree_b: PyTree, alpha) -> PyTree:
@@ -38,33 +42,56 @@ def interpolate(tree_a: PyTree, tree_b: PyTree, alpha) -> PyTree:
   return jax.tree.map(lambda a, b: (alpha * a + (1 - alpha) * b).astype(a.dtype), tree_a, tree_b)
 
 
-def reestimate_batch_stats(model, params: PyTree, batch_stats: PyTree, images, batches, mean, std) -> PyTree:
-  """BatchNorm statistics of `params` estimated afresh: the plain average of each training batch's statistics.
+def reestimate_batch_stats(model, params: PyTree, batch_stats: PyTree, images, batches, mean, std, *,
+                           method: str = 'average', augmentation: str = 'none', seed: int = 0) -> PyTree:
+  """BatchNorm statistics of `params` estimated again on training batches, the model in training mode.
 
-  `batches` is a (steps, batch) array of indices into `images` (raw; normalised with `mean`, `std`); the model runs
-  in training mode on each. Whatever the modules' momentum, the result is what PyTorch's reset with
-  `momentum=None` gives. Dropout, if any, draws from a fixed key. A tree without statistics (a LayerNorm model)
-  comes back unchanged.
+  `batches` is a (steps, batch) array of indices into `images` (raw; augmented as `augmentation` says for 'authors',
+  then normalised with `mean`, `std`). `method` 'average': the plain average of the batches' statistics (PyTorch's
+  reset with `momentum=None`). 'authors': from fresh statistics (mean 0, variance 1), each batch updates them to
+  0.9·old + 0.1·batch's (PyTorch's momentum 0.1), as the reference's barrier script does. Either way the modules' own
+  momentum does not matter, and dropout (drop-connect included) is off: no dropout RNG is given. The augmentation
+  draws from `seed` and the step, so the result is a function of its arguments. A tree without statistics (a
+  LayerNorm model) comes back unchanged.
   """
   if not jax.tree.leaves(batch_stats):
     return batch_stats
+  if method not in ('average', 'authors'):
+    raise ValueError(f"method must be 'average' or 'authors', not {method!r}")
   zeros = jax.tree.map(jnp.zeros_like, batch_stats)
 
-  def updated(stats, step, indices):
-    x = data_lib.normalize(images[indices], mean, std)
-    _, mutated = model.apply({'params': params, 'batch_stats': stats}, x, train=True, mutable=['batch_stats'],
-                             rngs={'dropout': jax.random.fold_in(jax.random.PRNGKey(0), step)})
-    return mutated['batch_stats']
+  def update_from_zeros(step, indices):
+    """Flax updates a statistic to m·old + (1 − m)·batch's: from old = 0 that is (1 − m)·batch's; m is its slope."""
+    x = images[indices]
+    if method == 'authors':
+      x = data_lib.augment(jax.random.fold_in(jax.random.PRNGKey(seed), step), x, augmentation)
+    x = data_lib.normalize(x, mean, std)
 
-  # Flax updates a statistic to m·old + (1 − m)·batch's: from old = 0 that is (1 − m)·batch's, m its slope in old.
-  def accumulate(total, step_and_indices):
-    new, momentum = jax.jvp(lambda stats: updated(stats, *step_and_indices), (zeros,),
-                            (jax.tree.map(jnp.ones_like, zeros),))
-    return jax.tree.map(jnp.add, total, new), momentum
+    def updated(stats):
+      return model.apply({'params': params, 'batch_stats': stats}, x, train=True, mutable=['batch_stats'])[1][
+          'batch_stats']
+
+    return jax.jvp(updated, (zeros,), (jax.tree.map(jnp.ones_like, zeros),))
+
+  def accumulate(stats, step_and_indices):
+    new, momentum = update_from_zeros(*step_and_indices)
+    if method == 'average':
+      return jax.tree.map(jnp.add, stats, new), momentum
+    return jax.tree.map(lambda old, n, m: (1 - REFERENCE_MOMENTUM) * old + REFERENCE_MOMENTUM * n / (1 - m), stats,
+                        new, momentum), momentum
 
   steps = batches.shape[0]
-  total, momentum = jax.lax.scan(accumulate, zeros, (jnp.arange(steps), batches))
-  return jax.tree.map(lambda t, m: t / ((1 - m[0]) * steps), total, momentum)
+  start = zeros if method == 'average' else fresh_batch_stats(batch_stats)
+  stats, momentum = jax.lax.scan(accumulate, start, (jnp.arange(steps), batches))
+  if method == 'authors':
+    return stats
+  return jax.tree.map(lambda t, m: t / ((1 - m[0]) * steps), stats, momentum)
+
+
+def fresh_batch_stats(batch_stats: PyTree) -> PyTree:
+  """Statistics as a new BatchNorm holds them: every 'mean' 0, every 'var' 1."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jnp.full_like(leaf, 1.0 if path[-1].key == 'var' else 0.0), batch_stats)
 
 
 @flax.struct.dataclass
@@ -78,6 +105,8 @@ class PathData:
   test_valid: jax.Array    # ... and its padding marked 0
   mean: jax.Array
   std: jax.Array
+  reestimate: str = flax.struct.field(pytree_node=False, default='average')  # `reestimate_batch_stats`' method
+  augmentation: str = flax.struct.field(pytree_node=False, default='none')   # of the training images ('authors')
 
 
 def bn_batch_indices(n: int, batch_size: int, count: int) -> np.ndarray:
@@ -89,15 +118,17 @@ def bn_batch_indices(n: int, batch_size: int, count: int) -> np.ndarray:
 
 
 def path_data(train_images, test_images, test_labels, mean, std, *, batch_size: int, bn_batches: int,
-              eval_batch_size: int) -> PathData:
-  """PathData with `bn_batches` batches of `batch_size` for BatchNorm (-1: one epoch, 0: none)."""
+              eval_batch_size: int, reestimate: str = 'average', augmentation: str = 'none') -> PathData:
+  """PathData with `bn_batches` batches of `batch_size` for BatchNorm (-1: one epoch, 0: none), re-estimated as
+  `reestimate` says ('average' or 'authors', with the dataset's `augmentation`)."""
   n_test = test_labels.shape[0]
   indices, valid = map(np.stack, zip(*train.eval_batches(n_test, min(eval_batch_size, n_test))))
   return PathData(train_images=jnp.asarray(train_images),
                   bn_batches=jnp.asarray(bn_batch_indices(train_images.shape[0], batch_size, bn_batches)),
                   test_images=jnp.asarray(test_images), test_labels=jnp.asarray(test_labels),
                   test_indices=jnp.asarray(indices), test_valid=jnp.asarray(valid),
-                  mean=jnp.asarray(mean, jnp.float32), std=jnp.asarray(std, jnp.float32))
+                  mean=jnp.asarray(mean, jnp.float32), std=jnp.asarray(std, jnp.float32), reestimate=reestimate,
+                  augmentation=augmentation)
 
 
 def _path_metrics(model, alphas, variables_a, variables_b, data: PathData, chunk: int):
@@ -109,7 +140,8 @@ def _path_metrics(model, alphas, variables_a, variables_b, data: PathData, chunk
     batch_stats = interpolate(variables_a['batch_stats'], variables_b['batch_stats'], alpha)
     if data.bn_batches.shape[0]:
       batch_stats = reestimate_batch_stats(model, params, batch_stats, data.train_images, data.bn_batches,
-                                           data.mean, data.std)
+                                           data.mean, data.std, method=data.reestimate,
+                                           augmentation=data.augmentation)
 
     def accumulate(totals, batch):
       metrics = eval_step(params, batch_stats, data.test_images, data.test_labels, *batch)
@@ -309,7 +341,8 @@ def compare(setup, workdir: str, *, preset: str | None = None, a: str | None = N
   return {'name': name, 'label': f'{method} {label}' if preset else label, 'a': name_a, 'b': name_b,
           'a_recorded_test_accuracy': summary_a.get('test_accuracy'),
           'b_recorded_test_accuracy': summary_b.get('test_accuracy'),
-          **curve, 'bn_batches': int(data.bn_batches.shape[0]), 'wall_s': round(time.time() - start, 2)}
+          **curve, 'bn_batches': int(data.bn_batches.shape[0]), 'reestimate': data.reestimate,
+          'wall_s': round(time.time() - start, 2)}
 
 
 def _workdir_config(workdir: str) -> dict:

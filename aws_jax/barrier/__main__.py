@@ -6,7 +6,7 @@
   --a=DIR[:STEP] --b=DIR[:STEP]       any two checkpoints sharing a mask (DIR relative to --workdir, or absolute)
 
 Writes WORKDIR/barriers/NAME.json (α, test error and loss along the path, the curve, the barrier) and NAME.png.
---config is the run's config; --config.barrier.{points,bn_batches,chunk} set how the path is measured.
+--config is the run's config; --config.barrier.{points,bn_batches,reestimate,chunk} set how the path is measured.
 """
 from absl import app, flags
 from ml_collections import config_flags
