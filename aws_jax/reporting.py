@@ -22,8 +22,8 @@ def _import_tensorboardx():
 
 
 tensorboardX = _import_tensorboardx()
-from tensorboardX import event_file_writer  # pylint: disable=wrong-import-position
-from tensorboardX.proto import event_pb2  # pylint: disable=wrong-import-position
+from tensorboardX import event_file_writer  # noqa: E402  # pylint: disable=wrong-import-position
+from tensorboardX.proto import event_pb2  # noqa: E402  # pylint: disable=wrong-import-position
 
 
 def is_main_process() -> bool:
@@ -66,7 +66,7 @@ class MetricsLog:
     if repeated:
       tmp = self.path + '.tmp'
       with open(tmp, 'w') as f:
-        f.write(''.join(l + '\n' for l in self._lines.values()))
+        f.write(''.join(line + '\n' for line in self._lines.values()))
       os.replace(tmp, self.path)
     else:
       with open(self.path, 'a') as f:

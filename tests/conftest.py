@@ -7,6 +7,9 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The limit on every subprocess a test starts: a safety net against a hung process, far above what the slowest of
+# them takes on a loaded 2-core machine (no test asserts a wall time).
+SUBPROCESS_TIMEOUT = 1800
 
 
 def pytest_configure(config):
@@ -51,7 +54,7 @@ def cli_command(workdir, *flags, config='configs/digits.py'):
           *TINY_FLAGS, *flags]
 
 
-def run_cli(workdir, *flags, config='configs/digits.py', timeout=300):
+def run_cli(workdir, *flags, config='configs/digits.py', timeout=SUBPROCESS_TIMEOUT):
   """Runs `python -m aws_jax.main` on the tiny digits protocol; returns the CompletedProcess."""
   return subprocess.run(cli_command(workdir, *flags, config=config), cwd=REPO, capture_output=True, text=True,
                         timeout=timeout)
