@@ -4,6 +4,7 @@ quiet logging, one-line errors.
 Everything here is light (no JAX): a bad flag, config value, path or workdir is answered within a second or two.
 """
 import glob
+import importlib.util
 import logging as std_logging
 import os
 import sys
@@ -65,6 +66,15 @@ def config_file(spec: str) -> str:
   except (OSError, UnicodeDecodeError) as e:
     raise UserError(f'--config={spec}: cannot read {path} ({e}); give a readable config file') from None
   return path + colon + preset
+
+
+def get_config(spec: str) -> ml_collections.ConfigDict:
+  """The config `--config=SPEC` gives (a shipped config's NAME[:PRESET], or FILE[:PRESET]), for Python and notebooks."""
+  path, _, preset = config_file(spec).partition(':')
+  module_spec = importlib.util.spec_from_file_location(f'aws_jax_config_{os.path.basename(path)[:-3]}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(*([preset] if preset else []))
 
 
 def define_config(purpose: str) -> flags.FlagHolder:
@@ -175,10 +185,13 @@ def check_no_arguments(argv):
     exit_with(f'unexpected arguments: {" ".join(argv[1:])}')
 
 
-def check_workdir(workdir: str) -> None:
-  """Exits on one line unless `workdir` is (or can be made) a writable directory that no other run is using."""
+def check_workdir(workdir: str, config: ml_collections.ConfigDict | None = None) -> None:
+  """Exits on one line unless `workdir` is (or can be made) a writable directory that no other run is using (and,
+  given `config`, holds no run of another config)."""
   try:
     workdir_lib.check_writable(workdir)
+    if config is not None:
+      workdir_lib.check_same_config(workdir, config_lib.fingerprint(config), config.overwrite)
     with workdir_lib.Lock(workdir):
       pass
   except UserError as e:

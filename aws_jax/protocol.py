@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import json
 import math
 import os
 import shutil
@@ -655,14 +654,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   path = os.path.join(workdir, 'config.json')
   fingerprint = config_lib.fingerprint(config)
   if os.path.exists(path):
-    with open(path) as f:
-      previous = json.load(f)
-    changed = [k for k in sorted(set(previous) | set(fingerprint)) if previous.get(k) != fingerprint.get(k)]
-    if changed and not config.overwrite and workdir_lib.has_checkpoint(workdir):
-      key = changed[0]
-      raise UserError(f'{workdir} holds a run with {key}={previous.get(key)!r} (this config: '
-                      f'{fingerprint.get(key)!r}); rerun with --config.overwrite=True to replace it, '
-                      f'or choose another --workdir')
+    changed = workdir_lib.check_same_config(workdir, fingerprint, config.overwrite)
     if changed and reporting.is_main_process():
       for name in WORKDIR_FILES:
         target = os.path.join(workdir, name)

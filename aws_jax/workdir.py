@@ -1,6 +1,7 @@
 """A run directory: checked before anything heavy loads, and locked while a run uses it. No JAX here."""
 import errno
 import fcntl
+import json
 import os
 import re
 
@@ -68,6 +69,23 @@ def final_preset(preset: str, config, round_index: int, seeds) -> tuple[str, str
   return (final.format('signed', seeds[0]), final.format('signed', seeds[1]),
           f'sgd_noise_round{source}_seeds{seeds[0]}-{seeds[1]}',
           f'signed, seeds {seeds[0]} vs {seeds[1]}, round {source}')
+
+
+def check_same_config(workdir: str, fingerprint: dict, overwrite: bool) -> list[str]:
+  """The keys whose values differ from the run recorded in WORKDIR/config.json (none where there is none); raises
+  UserError if they differ, the workdir holds checkpoints and `overwrite` is off."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    previous = json.load(f)
+  changed = [k for k in sorted(set(previous) | set(fingerprint)) if previous.get(k) != fingerprint.get(k)]
+  if changed and not overwrite and has_checkpoint(workdir):
+    key = changed[0]
+    raise UserError(f'{workdir} holds a run with {key}={previous.get(key)!r} (this config: '
+                    f'{fingerprint.get(key)!r}); rerun with --config.overwrite=True to replace it, '
+                    f'or choose another --workdir')
+  return changed
 
 
 def has_checkpoint(workdir: str) -> bool:

@@ -22,12 +22,8 @@ def pytest_configure(config):
 
 def tiny_digits_config(**overrides):
   """configs/digits.py shrunk to a few seconds of training; `overrides` use dotted keys."""
-  sys.path.insert(0, os.path.join(REPO, 'configs'))
-  try:
-    import digits  # pylint: disable=import-outside-toplevel
-  finally:
-    sys.path.pop(0)
-  config = digits.get_config()
+  from aws_jax import cli  # pylint: disable=import-outside-toplevel
+  config = cli.get_config(os.path.join(REPO, 'configs', 'digits.py'))
   config.prune.warmup_epochs = 3
   config.prune.rounds = 3
   config.prune.round_epochs = 2

@@ -230,7 +230,7 @@ def test_cli_refuses_bad_input_on_one_line_within_seconds(digits_run, tmp_path):
   corrupt = tmp_path / 'corrupt.signs'
   corrupt.write_bytes(b'AWSSIGNS' + bytes(40))
   cases = [
-      (('export', config, f'--workdir={tmp_path}/none', f'--out={tmp_path}/x.signs'), 'holds no pruning checkpoints'),
+      (('export', config, f'--workdir={tmp_path}/none', f'--out={tmp_path}/x.signs'), 'no complete pruning round'),
       (('export', config, f'--workdir={workdir}', '--round=7', f'--out={tmp_path}/x.signs'), 'saved: 0, 1, 2'),
       (('export', config, f'--workdir={workdir}'), 'export needs --out'),
       (('inspect', corrupt), 'corrupt or truncated'),

@@ -4,6 +4,7 @@ from typing import Any
 
 import numpy as np
 
+from aws_jax import workdir as workdir_lib
 from aws_jax.datasets import FACTS
 from aws_jax.errors import UserError
 from aws_jax.signs.format import flatten, load, save, tree_mismatch, unflatten
@@ -33,19 +34,17 @@ def save_with_pruning_rules(out: str, signed: dict, metadata: dict, exclude=None
 def export(config, workdir: str, round_index: int | None, out: str) -> dict:
   """Writes the signs of pruning round `round_index` (None: the last saved) of the run in `workdir`; its metadata."""
   directory = os.path.join(workdir, 'checkpoints', 'prune')
-  if not os.path.isdir(directory):
-    raise UserError(f'{workdir} holds no pruning checkpoints ({directory} does not exist); check --workdir, '
-                    f'or run the pruning stage first')
+  saved = workdir_lib.complete_steps(directory)  # directory names only: answered before orbax and JAX load
+  if not saved:
+    raise UserError(f'{workdir} holds no complete pruning round ({directory} is empty or missing); check --workdir, '
+                    f'or run the pruning stage first (python -m aws_jax.main --config.stage=prune with its config)')
+  round_index = saved[-1] if round_index is None else round_index
+  if round_index not in saved:
+    raise UserError(f'pruning round {round_index} is not saved in {directory} (saved: '
+                    f'{", ".join(map(str, saved))}); choose --round among them, or run the pruning stage further')
   from aws_jax.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
   checkpoints = Checkpoints(directory)
   try:
-    saved = checkpoints.steps()
-    if not saved:
-      raise UserError(f'{directory} holds no complete pruning round; run the pruning stage first')
-    round_index = saved[-1] if round_index is None else round_index
-    if round_index not in saved:
-      raise UserError(f'pruning round {round_index} is not saved in {directory} (saved: '
-                      f'{", ".join(map(str, saved))}); choose --round among them')
     summary = checkpoints.summary(round_index)
   finally:
     checkpoints.close()
