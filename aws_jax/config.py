@@ -9,9 +9,9 @@ import re
 import ml_collections
 
 from aws_jax import starts
+from aws_jax.datasets import DATASETS
 from aws_jax.errors import UserError
 
-DATASETS = ('digits', 'fashion_mnist', 'cifar10', 'cifar100', 'tiny_imagenet', 'imagenet2012')
 MODELS = ('small_cnn', 'resnet20', 'resnet56', 'vgg11', 'vgg13', 'vgg16', 'vgg19', 'resnet50', 'resnet50_imagenet',
           'mobilenetv2', 'mobilenetv2_imagenet', 'efficientnet_b0', 'shufflenet', 'mlp_mixer')  # = models.MODELS
 METHODS = ('aws', 'lrr', 'imp', 'imp_wr', 'oneshot', 'random')  # and 'aws+imp', 'aws+imp_wr', … (see `recipe`)

@@ -27,15 +27,9 @@ import tensorflow_datasets as tfds
 from absl import flags
 from PIL import Image
 
-from aws_jax.config import DATASETS
+from aws_jax.datasets import AUGMENTATIONS, DATASETS, FACTS
 from aws_jax.errors import UserError
-AUGMENTATIONS = ('none', 'crop_flip', 'resized_crop_flip')
 
-_NUM_CLASSES = {'digits': 10, 'fashion_mnist': 10, 'cifar10': 10, 'cifar100': 100, 'tiny_imagenet': 200,
-                'imagenet2012': 1000}
-_AUGMENTATION = {'digits': 'none', 'fashion_mnist': 'none', 'cifar10': 'crop_flip', 'cifar100': 'crop_flip',
-                 'tiny_imagenet': 'resized_crop_flip'}
-_TEST_SPLIT = {'imagenet2012': 'validation'}  # the split evaluated on, when not 'test'
 _DIGITS_TRAIN_SIZE = 1437
 _FASHION_MNIST_IDX_DIR = pathlib.Path('/usr/share/datasets/fashion-mnist')
 _CROP_PADDING = 4
@@ -188,10 +182,10 @@ def _load_in_memory(name: str, data_dir, download: bool) -> Dataset:
       train_labels=train_labels,
       test_images=test_images,
       test_labels=test_labels,
-      num_classes=_NUM_CLASSES[name],
+      num_classes=FACTS[name].num_classes,
       mean=mean,
       std=std,
-      augmentation=_AUGMENTATION[name])
+      augmentation=FACTS[name].augmentation)
 
 
 def normalize(images, mean, std) -> jax.Array:
@@ -342,7 +336,7 @@ def _version_dir(name: str, data_dir: str) -> pathlib.Path:
 
 def _splits(name: str) -> tuple[str, str]:
   """The TFDS splits trained and evaluated on."""
-  return 'train', _TEST_SPLIT.get(name, 'test')
+  return 'train', FACTS[name].test_split
 
 
 def _is_prepared(name: str, data_dir: str) -> bool:
@@ -425,8 +419,8 @@ def _load_tiny_imagenet(root: pathlib.Path, download: bool) -> Dataset:
     except OSError as e:
       print(f'could not cache the decoded Tiny-ImageNet in {cache} ({e}); the next load decodes it again',
             flush=True)
-  return Dataset(name='tiny_imagenet', num_classes=_NUM_CLASSES['tiny_imagenet'],
-                 augmentation=_AUGMENTATION['tiny_imagenet'], **arrays)
+  return Dataset(name='tiny_imagenet', num_classes=FACTS['tiny_imagenet'].num_classes,
+                 augmentation=FACTS['tiny_imagenet'].augmentation, **arrays)
 
 
 def _download_tiny_imagenet(directory: pathlib.Path) -> None:
@@ -490,8 +484,8 @@ def _load_imagenet(data_dir: str) -> StreamedDataset:
       'imagenet2012', split=_splits('imagenet2012'), data_dir=data_dir, download=False,
       builder_kwargs={'file_format': 'array_record'}, decoders={'image': tfds.decode.SkipDecoding()})
   return StreamedDataset(name='imagenet2012', train_source=train, test_source=test,
-                         num_classes=_NUM_CLASSES['imagenet2012'], mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
-                         image_shape=(_IMAGENET_SIZE, _IMAGENET_SIZE, 3))
+                         num_classes=FACTS['imagenet2012'].num_classes, mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
+                         image_shape=FACTS['imagenet2012'].image_shape)
 
 
 def _imagenet_train_example(example: dict, rng: np.random.Generator) -> dict:

@@ -20,7 +20,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from absl import app, flags
-from matplotlib.figure import Figure
 
 from aws_jax import cli, starts
 from aws_jax.errors import UserError
@@ -28,6 +27,12 @@ from aws_jax.errors import UserError
 MODE_COLORS = {**{name: start.color for name, start in starts.STARTS.items()}, 'dense': 'k', 'pruning stage': 'C7'}
 METHOD_STYLES = {'aws': ('-', 'o'), 'lrr': ('--', 's'), 'imp': (':', 'D'), 'imp_wr': (':', 'v'),
                  'oneshot': ('-.', 'P'), 'random': ('-.', 'x')}  # others: ('-.', '^')
+
+
+def _figure(**kwargs):
+  """A matplotlib Figure on the Agg canvas (matplotlib loads here, not at import: the CLI answers bad input first)."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  return Figure(**kwargs)
 
 
 def _lines(ax) -> dict:
@@ -42,7 +47,7 @@ def plot_barriers(curves: Mapping[str, dict], path: str) -> dict:
 
   `curves` maps a label to a dict with 'alphas', 'test_error', 'curve' and 'barrier' (`barrier.error_curve`).
   """
-  fig = Figure(figsize=(10, 4), layout='constrained')
+  fig = _figure(figsize=(10, 4), layout='constrained')
   error_ax, curve_ax = fig.subplots(1, 2)
   for label, c in curves.items():
     error_ax.plot(c['alphas'], c['test_error'], marker='o', label=label)
@@ -52,7 +57,7 @@ def plot_barriers(curves: Mapping[str, dict], path: str) -> dict:
   curve_ax.set(xlabel='α', ylabel='error(α) − (error(0) + error(1)) / 2  (points)', title='error barrier')
   for ax in (error_ax, curve_ax):
     ax.grid(alpha=0.3)
-    ax.legend(fontsize='small')
+  _legend_outside(curve_ax)  # one legend for both panels: the same colours
   fig.savefig(path, dpi=150)
   return {'test_error': _lines(error_ax), 'curve': _lines(curve_ax)}
 
@@ -80,7 +85,7 @@ def plot_pair_curves(curves: Mapping[str, Sequence[dict]], path: str, title: str
   """The paper's LMC figure: test error along the linear path, for each kind of pair. Left: a final network (α = 1)
   and the retrained network of its seed (α = 0); right: two seeds of one start. `curves` maps a method to its stored
   pair curves; lines are means over seeds (pairs), bands their min–max."""
-  fig = Figure(figsize=(11, 4.2), layout='constrained')
+  fig = _figure(figsize=(11, 4.2), layout='constrained')
   axes = dict(zip(('LMC', 'SGD noise'), fig.subplots(1, 2, sharey=True)))
   groups = {}
   for method, method_curves in curves.items():
@@ -169,35 +174,62 @@ def stage_accuracy(record: dict) -> float:
   return record.get('recalibrated_test_accuracy', record['test_accuracy'])
 
 
+def _dodge(ax, offset_points: float):
+  """ax's data coordinates shifted sideways by `offset_points` on the page (the data drawn keep their values)."""
+  from matplotlib.transforms import ScaledTranslation  # pylint: disable=import-outside-toplevel
+  return ax.transData + ScaledTranslation(offset_points / 72, 0, ax.figure.dpi_scale_trans)
+
+
+def _legend_outside(ax, **kwargs) -> None:
+  """The legend to the right of the axes, where it hides no data."""
+  ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1), borderaxespad=0, fontsize='small', **kwargs)
+
+
+DODGE_POINTS = 16  # final trainings at one sparsity spread over at most this width on the page, side by side
+
+
 def plot_accuracy(stage: Mapping[str, list], final: Mapping[tuple, list], path: str, dense: Sequence[float] = (),
                   title: str = '') -> dict:
   """Test accuracy (%) against % weights left: each method's pruning stage, and each (method, start)'s final
-  trainings, one line each; seeds at one level are averaged, error bars ± one standard deviation (n > 1).
+  trainings, one line each; seeds at one level are averaged, error bars ± one standard deviation (n > 1). The final
+  trainings' lines are drawn side by side (dodged by a few points on the page) so that equal sparsities do not hide
+  each other; the data returned are the true sparsities.
 
   `stage` maps a method to [(% left, accuracy %), ...], `final` maps (method, start) to the same; `dense` holds
   accuracies (%) drawn as the dotted horizontal line (their mean, shaded ± one standard deviation).
   """
-  fig = Figure(figsize=(7, 4.5), layout='constrained')
+  fig = _figure(figsize=(9, 4.5), layout='constrained')
   ax = fig.subplots()
-  all_x = []
+  all_x, all_y = [], list(dense)
   stage_lines = _mean_lines({(method, 'pruning stage'): points for method, points in stage.items()})
-  for (method, mode), (xs, ys, stds) in {**stage_lines, **_mean_lines(final)}.items():
+  final_lines = _mean_lines(final)
+  step = DODGE_POINTS / max(len(final_lines) - 1, 1)
+  offsets = {key: (i - (len(final_lines) - 1) / 2) * step for i, key in enumerate(final_lines)}
+  for (method, mode), (xs, ys, stds) in {**stage_lines, **final_lines}.items():
     linestyle, marker = METHOD_STYLES.get(method, ('-.', '^'))
-    color = MODE_COLORS.get(mode)
-    line, = ax.plot(xs, ys, color=color, linestyle=linestyle, marker=marker, markersize=4,
-                    label=f'{method.upper()} {mode}', alpha=0.6 if mode == 'pruning stage' else 1.0)
+    transform = _dodge(ax, offsets.get((method, mode), 0))
+    line, = ax.plot(xs, ys, color=MODE_COLORS.get(mode), linestyle=linestyle, marker=marker, markersize=4,
+                    label=f'{method.upper()} {mode}', alpha=0.6 if mode == 'pruning stage' else 1.0,
+                    transform=transform)
     if not np.all(np.isnan(stds)):
-      ax.errorbar(xs, ys, yerr=np.nan_to_num(stds), fmt='none', ecolor=line.get_color(), capsize=3, alpha=0.8)
+      ax.errorbar(xs, ys, yerr=np.nan_to_num(stds), fmt='none', ecolor=line.get_color(), capsize=3, alpha=0.8,
+                  transform=transform)
     all_x += xs
+    all_y += [y + sign * s for y, s in zip(ys, np.nan_to_num(stds)) for sign in (-1, 1)]
   if len(dense):
     mean = float(np.mean(dense))
     ax.axhline(mean, color='k', linewidth=0.8, linestyle=':', label='dense')
     if len(dense) > 1:
       spread = float(np.std(dense, ddof=1))
-      ax.axhspan(mean - spread, mean + spread, color='k', alpha=0.08)
+      ax.axhspan(mean - spread, mean + spread, color='k', alpha=0.08, label=f'dense ± 1 std ({len(dense)} runs)')
+      all_y += [mean - spread, mean + spread]
   _sparsity_axis(ax, all_x)
+  if all_y:  # every bar and band whole (matplotlib's autoscale misjudges the dodged lines)
+    margin = 0.08 * max(max(all_y) - min(all_y), 0.5)
+    ax.set_ylim(min(all_y) - margin, max(all_y) + margin)
   ax.set(ylabel='test accuracy (%)', title=title)
-  ax.legend(fontsize='small')
+  _legend_outside(ax, title='mean over seeds;\nbars: ± 1 std (≥ 2 seeds);\nfinal trainings dodged\nsideways at '
+                  'each sparsity', title_fontsize='small')
   fig.savefig(path, dpi=150)
   return {'accuracy': _lines(ax)}
 
@@ -234,7 +266,7 @@ def plot_psi_reset_barriers(workdirs: Sequence[str], path: str) -> dict:
   if not points:
     raise UserError(f'no ψ-reset barriers in {", ".join(workdirs)}: the pruning stage records them with '
                     f'--config.barrier.psi_reset=True')
-  fig = Figure(figsize=(7, 4.5), layout='constrained')
+  fig = _figure(figsize=(7, 4.5), layout='constrained')
   ax = fig.subplots()
   all_x = []
   for method, (xs, ys, _) in _mean_lines(points).items():
@@ -243,7 +275,7 @@ def plot_psi_reset_barriers(workdirs: Sequence[str], path: str) -> dict:
     all_x += xs
   _sparsity_axis(ax, all_x)
   ax.set(ylabel='error barrier to the ψ-reset network (points)', title=_title(configs))
-  ax.legend(fontsize='small')
+  _legend_outside(ax)
   fig.savefig(path, dpi=150)
   return {'barrier': _lines(ax)}
 
@@ -266,7 +298,7 @@ def plot_sign_changes(workdirs: Sequence[str], path: str) -> dict:
   if not any(points.values()):
     raise UserError(f'no sign changes in {", ".join(workdirs)}: their pruning stages did not record '
                     f'{" or ".join(SIGN_KEYS)}')
-  fig = Figure(figsize=(10, 4), layout='constrained')
+  fig = _figure(figsize=(10, 4), layout='constrained')
   axes = dict(zip(SIGN_KEYS, fig.subplots(1, 2)))
   for key, ax in axes.items():
     all_x = []
@@ -276,39 +308,46 @@ def plot_sign_changes(workdirs: Sequence[str], path: str) -> dict:
       all_x += xs
     _sparsity_axis(ax, all_x)
     ax.set(ylabel='signs changed (% of alive weights)', title=SIGN_KEYS[key])
-    ax.legend(fontsize='small')
+  _legend_outside(axes['signs_changed_from_previous'])  # one legend for both panels: the same lines
   fig.suptitle(_title(configs))
   fig.savefig(path, dpi=150)
   return {key: _lines(ax) for key, ax in axes.items()}
 
 
-def _bars(ax) -> dict:
-  """{tick label: bar length} of the horizontal bars drawn on `ax`."""
-  labels = [t.get_text() for t in ax.get_yticklabels()]
-  return dict(zip(labels, (float(p.get_width()) for p in ax.patches)))
-
-
 def plot_comparison(accuracies: Mapping[str, tuple], differences: Mapping[str, tuple], path: str,
                     title: str = '', confidence: float = 0.95) -> dict:
-  """The final comparison as horizontal bars with their intervals: test accuracy (%) of each group (left) and the
-  paired differences in points (right). Each maps a label to (value, interval half-width); NaN: no interval."""
-  fig = Figure(figsize=(12, max(3.0, 0.35 * max(len(accuracies), len(differences)) + 1.5)), layout='constrained')
+  """The final comparison as points with their intervals: test accuracy (%) of each group (left) and the paired
+  differences in points (right). Each maps a label to (value, interval half-width); NaN: no interval. The axes take
+  every interval whole (none is clipped at 100 %); returns {'accuracy': {label: (value, half-width)}, 'difference':
+  ...}, as drawn."""
+  fig = _figure(figsize=(12, max(3.0, 0.35 * max(len(accuracies), len(differences)) + 1.8)), layout='constrained')
   accuracy_ax, difference_ax = fig.subplots(1, 2)
-  for ax, data, color in ((accuracy_ax, accuracies, 'C0'), (difference_ax, differences, 'C3')):
+  drawn = {}
+  for name, ax, data, color in (('accuracy', accuracy_ax, accuracies, 'C0'),
+                                ('difference', difference_ax, differences, 'C3')):
     labels = list(data)[::-1]  # the first on top
-    values = [data[label][0] for label in labels]
-    half_widths = np.nan_to_num([data[label][1] for label in labels])
-    ax.barh(range(len(labels)), values, xerr=half_widths, color=color, alpha=0.7, capsize=3)
+    values = np.array([data[label][0] for label in labels], float)
+    half_widths = np.array([data[label][1] for label in labels], float)
+    ax.errorbar(values, range(len(labels)), xerr=np.nan_to_num(half_widths), fmt='o', color=color, capsize=4,
+                markersize=5)
     ax.set_yticks(range(len(labels)), labels, fontsize='small')
+    ax.set_ylim(-0.7, len(labels) - 0.3)
     ax.grid(axis='x', alpha=0.3)
-  if accuracies:
-    lows = [value - half for value, half in np.nan_to_num(list(accuracies.values()))]
-    accuracy_ax.set_xlim(max(0.0, min(lows) - 5), 100)
+    ends = np.concatenate([values - np.nan_to_num(half_widths), values + np.nan_to_num(half_widths)])
+    if len(ends):
+      low, high = float(np.min(ends)), float(np.max(ends))
+      if ax is difference_ax:  # the zero line in view
+        low, high = min(low, 0.0), max(high, 0.0)
+      margin = 0.08 * max(high - low, 1.0)
+      ax.set_xlim(low - margin, high + margin)
+    drawn[name] = {label: (float(v), float(h)) for label, v, h in zip(labels[::-1], values[::-1], half_widths[::-1])}
   difference_ax.axvline(0, color='k', linewidth=0.8)
-  accuracy_ax.set(xlabel=f'test accuracy (%), mean over seeds ± {100 * confidence:.0f} % interval', title=title)
-  difference_ax.set(xlabel=f'difference (points), paired by seed ± {100 * confidence:.0f} % interval')
+  accuracy_ax.set(xlabel='test accuracy (%)', title='final trainings')
+  difference_ax.set(xlabel='difference (points), paired by seed', title='differences')
+  fig.suptitle(f'{title + ": " if title else ""}points: mean over seeds; bars: {100 * confidence:.0f} % t-interval '
+               f'over seeds (none: one seed)')
   fig.savefig(path, dpi=150)
-  return {'accuracy': _bars(accuracy_ax), 'difference': _bars(difference_ax)}
+  return drawn
 
 
 def write_figures(workdirs: Sequence[str], barrier_files: Sequence[str], out: str, signs: bool = False) -> list[str]:
@@ -352,7 +391,7 @@ def main(argv):
 
 if __name__ == '__main__':
   # Defined here, not at import: aws_jax.barrier imports this module.
-  flags.DEFINE_list('workdirs', [], 'Run directories holding results.json (AWS and LRR runs, several sparsities).')
-  flags.DEFINE_list('barriers', [], 'Barrier JSON files of `python -m aws_jax.barrier`, overlaid in barriers.png.')
-  flags.DEFINE_string('out', 'figures', 'Directory the PNG files are written to.')
+  cli.define_path_list('workdirs', 'Run directories holding results.json (AWS and LRR runs, several sparsities).')
+  cli.define_path_list('barriers', 'Barrier JSON files of `python -m aws_jax.barrier`, overlaid in barriers.png.')
+  cli.define_path('out', 'figures', 'Directory the PNG files are written to.')
   app.run(main, flags_parser=cli.parse_flags)

@@ -6,8 +6,6 @@ with one shared `Setup`. Every round and final training is checkpointed; rerunni
 checkpoint with the same results.
 """
 import contextlib
-import json
-import os
 
 import jax
 import ml_collections
@@ -16,8 +14,7 @@ from jax.experimental import multihost_utils
 from aws_jax import config as config_lib
 from aws_jax import preemption, reporting, stages
 from aws_jax.engine import Setup, make_setup
-from aws_jax.errors import UserError
-from aws_jax.rundir import Lock, RunDir
+from aws_jax.rundir import Lock, RunDir, check_same_config
 
 
 def prepare(config: ml_collections.ConfigDict, rundir: RunDir, method: str) -> None:
@@ -26,14 +23,8 @@ def prepare(config: ml_collections.ConfigDict, rundir: RunDir, method: str) -> N
   checkpoint holds nothing to lose: it is simply taken over."""
   rundir.check_writable()
   fingerprint = config_lib.fingerprint(config, method=method)
-  if os.path.exists(rundir.config):
-    with open(rundir.config) as f:
-      previous = json.load(f)
-    changed = config_lib.changed_keys(previous, fingerprint)
-    if changed and not config.overwrite and rundir.has_checkpoint():
-      raise UserError(config_lib.refusal(rundir.root, previous, fingerprint, changed))
-    if changed and reporting.is_main_process():
-      rundir.clear()
+  if check_same_config(rundir, fingerprint, config.overwrite) and reporting.is_main_process():
+    rundir.clear()
   reporting.write_json(rundir.config, fingerprint)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('aws_jax workdir prepared')

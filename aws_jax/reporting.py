@@ -68,7 +68,7 @@ class MetricsLog:
     if repeated:
       tmp = self.path + '.tmp'
       with open(tmp, 'w') as f:
-        f.write(''.join(l + '\n' for l in self._lines.values()))
+        f.write(''.join(line + '\n' for line in self._lines.values()))
       os.replace(tmp, self.path)
     else:
       with open(self.path, 'a') as f:

@@ -13,12 +13,16 @@ while a run uses it. No JAX here.
 """
 import errno
 import fcntl
+import json
 import os
+import re
 import shutil
 
+from aws_jax import config as config_lib
 from aws_jax.errors import UserError
 
 PRUNE = 'prune'
+BARRIER_PRESETS = ('lmc', 'sgd_noise', 'psi_reset')  # the paper's comparisons (aws_jax.barrier)
 
 
 class RunDir:
@@ -125,6 +129,66 @@ class RunDir:
         shutil.rmtree(target)
       elif os.path.exists(target):
         os.remove(target)
+
+
+def complete_steps(directory: str) -> list[int]:
+  """The completed checkpoint steps in one checkpoint directory (orbax names a finished step by its number alone)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def parse_checkpoint(spec: str, workdir: str) -> tuple[str, int | None]:
+  """'DIR[:STEP]' or 'DIR/STEP', DIR relative to `workdir` (or absolute) -> (directory, step; None: the latest)."""
+  match = re.fullmatch(r'(.+?)(?::(\d+))?', spec)
+  directory, step = os.path.abspath(os.path.join(workdir, match[1])), match[2]
+  if step is None and os.path.basename(directory).isdigit():
+    directory, step = os.path.split(directory)
+  return directory, None if step is None else int(step)
+
+
+def check_checkpoint(spec: str, workdir: str, to_make_it: str) -> None:
+  """Raises UserError unless the checkpoint `spec` names (see `parse_checkpoint`) is complete: what is missing and
+  `to_make_it`, what the user runs to make it. Reads directory names only, so it answers within a second."""
+  directory, step = parse_checkpoint(spec, workdir)
+  steps = complete_steps(directory)
+  if not steps:
+    state = 'holds no complete checkpoint' if os.path.isdir(directory) else 'does not exist'
+    raise UserError(f'{directory} {state}, so the run in {workdir} has not got that far: {to_make_it}')
+  if step is not None and step not in steps:
+    raise UserError(f'{directory} has no checkpoint {step} (it has: {", ".join(map(str, steps))}); name one as '
+                    f'DIR:STEP, or {to_make_it}')
+
+
+def final_preset(preset: str, config, round_index: int, seeds) -> tuple[str, str, str, str]:
+  """(a, b, name, label) of 'lmc' or 'sgd_noise': final-training checkpoints, relative to the run directory."""
+  source = config_lib.source_round(config) if round_index < 0 else round_index
+  seeds = list(seeds or config.final.seeds)
+
+  def final(start, seed):
+    return os.path.join('checkpoints', 'final', RunDir.final_name(start, source, seed))
+
+  if preset == 'lmc':
+    return (final('signed', seeds[0]), final('retrain', seeds[0]), f'lmc_round{source}_seed{seeds[0]}',
+            f'signed vs retrain, round {source}')
+  if len(seeds) < 2 or seeds[0] == seeds[1]:
+    raise UserError(f'--preset=sgd_noise compares two seeds, got {seeds}: give --seeds=2,3 (final trainings '
+                    f'of both, e.g. --config.final.seeds="(2,3)")')
+  return (final('signed', seeds[0]), final('signed', seeds[1]), f'sgd_noise_round{source}_seeds{seeds[0]}-{seeds[1]}',
+          f'signed, seeds {seeds[0]} vs {seeds[1]}, round {source}')
+
+
+def check_same_config(rundir: RunDir, fingerprint: dict, overwrite: bool) -> list[str]:
+  """The keys whose values differ from the run recorded in config.json (none where there is none;
+  `config.changed_keys`); raises UserError if they differ, the directory holds checkpoints and `overwrite` is off."""
+  if not os.path.exists(rundir.config):
+    return []
+  with open(rundir.config) as f:
+    previous = json.load(f)
+  changed = config_lib.changed_keys(previous, fingerprint)
+  if changed and not overwrite and rundir.has_checkpoint():
+    raise UserError(config_lib.refusal(rundir.root, previous, fingerprint, changed))
+  return changed
 
 
 class Lock:

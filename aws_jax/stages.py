@@ -192,7 +192,6 @@ def final_stage(setup: Setup, rundir: RunDir, source_round: int | None, start_na
                 log: reporting.MetricsLog) -> None:
   """One final training per (seed, start) from `source_round` (None: the config's signs file); each resumes on its
   own. With `final.seeds_at_once` (on accelerators by default), the seeds of one start train together, vmapped."""
-  config = setup.config
   source, signed, source_round = final_source(setup, rundir, source_round)
   together = seeds_together(setup, seeds)
   groups = ([(start, tuple(seeds)) for start in start_names] if together else

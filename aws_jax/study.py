@@ -29,7 +29,6 @@ from typing import Mapping, Sequence
 import ml_collections
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from aws_jax import cli
 from aws_jax import config as config_lib
@@ -378,7 +377,6 @@ def main(argv, config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder):
   except UserError as e:
     cli.exit_with(e)
   cli.check_workdir(workdir_flag.value)
-  cli.quiet_logging()
   from aws_jax import allocator  # pylint: disable=import-outside-toplevel
   allocator.restart_with_tcmalloc()  # after the checks above: a bad input is answered without the restart
   from aws_jax import preemption  # pylint: disable=import-outside-toplevel
@@ -393,9 +391,9 @@ def main(argv, config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder):
 if __name__ == '__main__':
   # Defined here, not at import: aws_jax.main defines the same flags, and notebooks import this module.
   __doc__ += '\n' + config_lib.describe_keys()
-  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py); config.study is the grid.',
-                                            lock_config=True)
-  _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the study: a run directory per method, the tables '
-                                 'and the figures.')
+  _CONFIG = cli.define_config('The study\'s config; config.study is the grid.')
+  _WORKDIR = cli.define_path('workdir', None, 'Directory of the study: a run directory per method, the tables and '
+                             'the figures.')
   flags.mark_flags_as_required(['config', 'workdir'])
+  flags.adopt_module_key_flags(cli)
   app.run(lambda argv: main(argv, _CONFIG, _WORKDIR), flags_parser=cli.parse_flags)

@@ -7,6 +7,9 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The limit on every subprocess a test starts: a safety net against a hung process, far above what the slowest of
+# them takes on a loaded 2-core machine (no test asserts a wall time).
+SUBPROCESS_TIMEOUT = 1800
 
 
 def pytest_configure(config):
@@ -29,12 +32,8 @@ def without_times(record):
 
 def tiny_digits_config(**overrides):
   """configs/digits.py shrunk to a few seconds of training; `overrides` use dotted keys."""
-  sys.path.insert(0, os.path.join(REPO, 'configs'))
-  try:
-    import digits  # pylint: disable=import-outside-toplevel
-  finally:
-    sys.path.pop(0)
-  config = digits.get_config()
+  from aws_jax import cli  # pylint: disable=import-outside-toplevel
+  config = cli.get_config(os.path.join(REPO, 'configs', 'digits.py'))
   config.prune.warmup_epochs = 3
   config.prune.rounds = 3
   config.prune.round_epochs = 2
@@ -61,7 +60,7 @@ def cli_command(workdir, *flags, config='configs/digits.py'):
           *TINY_FLAGS, *flags]
 
 
-def run_cli(workdir, *flags, config='configs/digits.py', timeout=300):
+def run_cli(workdir, *flags, config='configs/digits.py', timeout=SUBPROCESS_TIMEOUT):
   """Runs `python -m aws_jax.main` on the tiny digits protocol; returns the CompletedProcess."""
   return subprocess.run(cli_command(workdir, *flags, config=config), cwd=REPO, capture_output=True, text=True,
                         timeout=timeout)

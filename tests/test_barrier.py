@@ -18,7 +18,7 @@ from aws_jax import data as data_lib
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 from aws_jax.rundir import RunDir
-from conftest import REPO, tiny_digits_config
+from conftest import REPO, SUBPROCESS_TIMEOUT, tiny_digits_config
 
 DIGITS = data_lib.load('digits')
 DATA = barrier.path_data(DIGITS.train_images, DIGITS.test_images, DIGITS.test_labels, DIGITS.mean, DIGITS.std,
@@ -282,7 +282,7 @@ def test_bad_barrier_config_is_refused(key, value, fragment):
 def run_barrier_cli(workdir, *flags):
   command = [sys.executable, '-m', 'aws_jax.barrier', f'--config={os.path.join(REPO, "configs/digits.py")}',
              f'--workdir={workdir}', '--config.barrier.bn_batches=3', *flags]
-  return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
 
 
 def test_command_line_writes_the_barrier_and_refuses_different_masks_on_one_line(digits_run):

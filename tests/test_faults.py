@@ -18,7 +18,8 @@ from aws_jax import protocol, reporting, stages
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 from aws_jax.rundir import Lock, RunDir
-from conftest import REPO, cli_command, run_cli, tensorboard_scalars, tiny_digits_config, without_times
+from conftest import (REPO, SUBPROCESS_TIMEOUT, cli_command, run_cli, tensorboard_scalars, tiny_digits_config,
+                      without_times)
 from test_protocol import assert_one_line_error
 
 # A short run (8 epochs of 22 steps) with a checkpoint every 10 steps: no ψ-reset barriers, one final start.
@@ -41,14 +42,14 @@ def test_bad_input_is_answered_before_jax_is_imported(tmp_path):
            ('/proc/aws_jax_test/run', [], 'cannot be written')]
   for workdir, flags, fragment in cases:
     result = subprocess.run(cli_command(workdir, *flags), cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=60)
+                            timeout=SUBPROCESS_TIMEOUT)
     assert_one_line_error(result, fragment)
     assert 'jax imported' not in result.stderr
 
 
 def test_help_lists_the_config_keys_and_exits_0():
   result = subprocess.run([sys.executable, '-m', 'aws_jax.main', '--help'], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=SUBPROCESS_TIMEOUT)
   assert result.returncode == 0, result.stderr
   assert '--config.prune.fraction=0.2' in result.stdout
   assert 'of the alive weights removed per round' in result.stdout
@@ -131,7 +132,7 @@ def kill_at_random_moments_until_done(workdir, rng: random.Random) -> int:
       return kills
     signum = rng.choice([signal.SIGKILL, signal.SIGTERM])
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
+    _, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT)
     kills += 1
     if process.returncode == 128 + signal.SIGTERM:  # else it came before training began or after it ended
       assert 'stopped by SIGTERM' in stderr and 'rerun the same command to resume' in stderr, stderr
@@ -178,10 +179,11 @@ def test_a_run_does_not_import_torch(tmp_path):
   PyTorch still imports afterwards."""
   pytest.importorskip('torch')
   code = ('import sys; from aws_jax import main, protocol, reporting, study; '
-          'from aws_jax.rundir import RunDir; log = reporting.MetricsLog(RunDir(sys.argv[1])); log.write({"phase": "round 0", "epoch": 1, "loss": 1.0}, 1); '
+          'from aws_jax.rundir import RunDir; log = reporting.MetricsLog(RunDir(sys.argv[1])); '
+          'log.write({"phase": "round 0", "epoch": 1, "loss": 1.0}, 1); '
           'log.close(); print(sorted(m for m in sys.modules if m.split(".")[0] == "torch")); import torch')
   result = subprocess.run([sys.executable, '-c', code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=SUBPROCESS_TIMEOUT)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == '[]'
   assert tensorboard_scalars(RunDir(tmp_path).tensorboard)['round_0', 'loss'] == {1: 1.0}

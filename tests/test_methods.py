@@ -1,5 +1,4 @@
 """Pruning methods beside AWS and LRR on digits: what makes each that method, sign analytics, the control starts."""
-import os
 import shutil
 import signal
 
@@ -116,9 +115,8 @@ def test_control_starts(tmp_path):
   fresh = setup.fresh_state(5, tx)
   starts = {mode: stages.start_state(setup, mode, signed, 5, tx, source)
             for mode in ('signed', 'random_signs', 'random_mask', 'dense')}
-  carrying = [not n for n in jax.tree.leaves(setup.is_norm)]
   for name, state in starts.items():
-    for p, f, c in zip(jax.tree.leaves(state.params), jax.tree.leaves(fresh.params), carrying):
+    for p, f in zip(jax.tree.leaves(state.params), jax.tree.leaves(fresh.params)):
       np.testing.assert_array_equal(np.abs(p)[np.asarray(p) != 0], np.abs(f)[np.asarray(p) != 0], err_msg=name)
   jax.tree.map(np.testing.assert_array_equal, starts['random_signs'].mask, source.mask)
   flipped = pruning.sign_flips(signed, starts['random_signs'].params, jax.tree.map(lambda n: not n, setup.is_norm))

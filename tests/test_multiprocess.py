@@ -9,9 +9,14 @@ import jax
 import numpy as np
 
 from aws_jax.rundir import RunDir
-from conftest import REPO, cli_command, run_cli, tiny_digits_config
+from conftest import REPO, SUBPROCESS_TIMEOUT, cli_command, run_cli, tiny_digits_config
 from test_protocol import restore_round
 
+# One compute thread per process (XLA's Eigen pool off, oneDNN's OpenMP at one thread that sleeps when idle): on a
+# machine with fewer free cores than threads, two processes that wait on each other's collectives every step would
+# otherwise preempt each other's spinning threads and crawl.
+ONE_THREAD = {'XLA_FLAGS': '--xla_force_host_platform_device_count=1 --xla_cpu_multi_thread_eigen=false',
+              'OMP_NUM_THREADS': '1', 'OMP_WAIT_POLICY': 'PASSIVE'}
 FLAGS = ('--config.stage=prune', '--config.prune.warmup_epochs=1', '--config.prune.rounds=1',
          '--config.prune.round_epochs=1', '--config.barrier.psi_reset=False')
 
@@ -25,13 +30,13 @@ def free_port() -> int:
 def test_two_processes_find_the_same_masks_as_one(tmp_path):
   two = tmp_path / 'two_processes'
   address = f'localhost:{free_port()}'
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  env = {**os.environ, **ONE_THREAD}
   processes = [subprocess.Popen(cli_command(two, *FLAGS, '--distributed', f'--coordinator_address={address}',
                                             '--num_processes=2', f'--process_id={i}'),
                                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for i in range(2)]
   try:
-    outputs = [p.communicate(timeout=240) for p in processes]
+    outputs = [p.communicate(timeout=SUBPROCESS_TIMEOUT) for p in processes]
   finally:
     for p in processes:
       p.kill()
@@ -55,5 +60,6 @@ def test_two_processes_find_the_same_masks_as_one(tmp_path):
   config = tiny_digits_config(**{'prune.rounds': 1})
   _, a = restore_round(str(two), config, 1)
   _, b = restore_round(str(one), config, 1)
-  agreement = [np.mean(np.asarray(x) == np.asarray(y)) for x, y in zip(jax.tree.leaves(a.mask), jax.tree.leaves(b.mask))]
+  agreement = [np.mean(np.asarray(x) == np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a.mask), jax.tree.leaves(b.mask))]
   assert min(agreement) > 0.999, agreement

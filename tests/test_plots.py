@@ -11,7 +11,7 @@ from matplotlib import image as mpimg
 from aws_jax import plots
 from aws_jax.errors import UserError
 from aws_jax.rundir import RunDir
-from conftest import REPO
+from conftest import REPO, SUBPROCESS_TIMEOUT
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -99,12 +99,12 @@ def test_command_line_writes_every_figure_it_can(runs, tmp_path):
   out = tmp_path / 'figures'
   command = [sys.executable, '-m', 'aws_jax.plots', f'--workdirs={",".join(runs)}', f'--barriers={barrier_file}',
              f'--out={out}']
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
   assert result.returncode == 0, result.stderr
   names = ['accuracy_vs_sparsity.png', 'psi_reset_barrier.png', 'barriers.png']
   assert result.stdout.split() == [str(out / name) for name in names]
   for name in names:
     assert_png(out / name)
   result = subprocess.run([sys.executable, '-m', 'aws_jax.plots', f'--workdirs={tmp_path / "nothing"}'],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
   assert result.returncode == 2 and result.stderr.startswith('error: no results.json in'), result.stderr

@@ -13,7 +13,7 @@ from aws_jax import engine, loop, protocol, pruning, reporting, stages
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 from aws_jax.rundir import RunDir
-from conftest import run_cli, tensorboard_scalars, tiny_digits_config, without_times
+from conftest import run_cli, tensorboard_scalars, tiny_digits_config
 
 
 def expected_alive(total: int, rounds: int) -> list[int]:

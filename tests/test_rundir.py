@@ -14,8 +14,9 @@ from conftest import tiny_digits_config
 def test_every_path_lies_under_the_root(tmp_path):
   rundir = RunDir(str(tmp_path / 'run'))
   paths = [rundir.config, rundir.results, rundir.metrics, rundir.tensorboard, rundir.lock, rundir.barriers,
-           rundir.checkpoints('prune'), rundir.checkpoints('rewind'), rundir.checkpoints(rundir.final_name('signed', 3, 2)),
-           rundir.partial('round 1'), rundir.analysis('round1', 'psi_reset_barrier')]
+           rundir.checkpoints('prune'), rundir.checkpoints('rewind'),
+           rundir.checkpoints(rundir.final_name('signed', 3, 2)), rundir.partial('round 1'),
+           rundir.analysis('round1', 'psi_reset_barrier')]
   assert len(set(paths)) == len(paths)
   assert all(p.startswith(rundir.root + os.sep) for p in paths)
   assert rundir.relative(rundir.checkpoints('prune')) == os.path.join('checkpoints', 'prune')
@@ -50,7 +51,8 @@ def test_a_workdir_of_an_earlier_aws_jax_resumes_into_the_final_stage(tmp_path, 
   with open(path, 'w') as f:
     json.dump(older, f)
   monkeypatch.setitem(config_lib.LEGACY_DEFAULTS, 'prune.rewind_epoch', 3)
-  with pytest.raises(UserError, match='before prune.rewind_epoch existed; resume it with --config.prune.rewind_epoch=3'):
+  with pytest.raises(UserError, match='before prune.rewind_epoch existed; resume it with '
+                                      '--config.prune.rewind_epoch=3'):
     protocol.run(tiny_digits_config(**common, stage='final'), workdir)
   monkeypatch.undo()
   results = protocol.run(tiny_digits_config(**common, stage='final'), workdir)

@@ -11,7 +11,7 @@ import pytest
 
 from aws_jax import protocol
 from aws_jax.rundir import RunDir
-from conftest import REPO, run_cli, tiny_digits_config
+from conftest import REPO, SUBPROCESS_TIMEOUT, run_cli, tiny_digits_config
 
 # Trains a few steps, prunes once, trains a few more on however many devices XLA was given; saves what it saw.
 STEPS_SCRIPT = '''
@@ -49,7 +49,7 @@ def run_steps(tmp_path, devices: int, fsdp: int = 1) -> dict:
   # XLA's convolutions on both sides: one device would otherwise run oneDNN's, whose float32 sums round differently.
   env = {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}', 'AWS_JAX_ONEDNN': '0'}
   result = subprocess.run([sys.executable, '-c', STEPS_SCRIPT, str(out), str(fsdp)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
   assert result.returncode == 0, result.stderr[-3000:]
   return dict(np.load(out))
 

@@ -10,13 +10,11 @@ import jax
 import numpy as np
 import pytest
 
-from aws_jax import config as config_lib
-from aws_jax import data as data_lib
-from aws_jax import engine, models, protocol, pruning, signs, train
+from aws_jax import datasets, engine, models, protocol, pruning, signs, train
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 from aws_jax.rundir import RunDir
-from conftest import REPO, tiny_digits_config, without_times
+from conftest import REPO, SUBPROCESS_TIMEOUT, tiny_digits_config, without_times
 
 T, F = True, False
 TINY_SIGNED = {'conv': {'kernel': np.array([[1, 0, -1], [0, -1, 1], [0, 0, 1]], np.int8)},
@@ -29,7 +27,7 @@ METADATA = {'model': 'small_cnn', 'num_classes': 10, 'image_shape': [8, 8, 1], '
 
 
 def flat(tree):
-  return {path: np.asarray(leaf) for path, leaf in signs._flatten(tree).items()}  # pylint: disable=protected-access
+  return {path: np.asarray(leaf) for path, leaf in signs.flatten(tree).items()}
 
 
 def assert_trees_equal(a, b):
@@ -165,14 +163,9 @@ def test_check_fits_accepts_its_model_and_names_what_differs(digits_eight_rounds
   assert '\n' not in str(raised.value) and path in str(raised.value)
 
 
-def test_image_shapes_cover_every_dataset():
-  assert set(signs.IMAGE_SHAPES) == set(config_lib.DATASETS)
-  assert signs.IMAGE_SHAPES['digits'] == data_lib.load('digits').image_shape
-
-
 # The command line on a tiny real digits run.
 
-def run_signs(*args, timeout=120):
+def run_signs(*args, timeout=SUBPROCESS_TIMEOUT):
   return subprocess.run([sys.executable, '-m', 'aws_jax.signs', *map(str, args)], cwd=REPO, capture_output=True,
                         text=True, timeout=timeout)
 
@@ -238,7 +231,7 @@ def test_cli_refuses_bad_input_on_one_line_within_seconds(digits_run, tmp_path):
   corrupt = tmp_path / 'corrupt.signs'
   corrupt.write_bytes(b'AWSSIGNS' + bytes(40))
   cases = [
-      (('export', config, f'--workdir={tmp_path}/none', f'--out={tmp_path}/x.signs'), 'holds no pruning checkpoints'),
+      (('export', config, f'--workdir={tmp_path}/none', f'--out={tmp_path}/x.signs'), 'no complete pruning round'),
       (('export', config, f'--workdir={workdir}', '--round=7', f'--out={tmp_path}/x.signs'), 'saved: 0, 1, 2'),
       (('export', config, f'--workdir={workdir}'), 'export needs --out'),
       (('inspect', corrupt), 'corrupt or truncated'),
@@ -257,7 +250,8 @@ def test_cli_refuses_bad_input_on_one_line_within_seconds(digits_run, tmp_path):
 def test_final_trainings_from_the_file_equal_those_from_the_workdir(digits_run, tmp_path):
   workdir, config = digits_run
   out = tmp_path / 'digits.signs'
-  assert run_signs('export', f'--config={REPO}/configs/digits.py', f'--workdir={workdir}', f'--out={out}').returncode == 0
+  result = run_signs('export', f'--config={REPO}/configs/digits.py', f'--workdir={workdir}', f'--out={out}')
+  assert result.returncode == 0, result.stderr
   final = {'stage': 'final', 'final.modes': ('signed', 'random_mask')}
   overrides = {key: config[key.split('.')[0]][key.split('.')[1]] for key in (
       'prune.warmup_epochs', 'prune.rounds', 'prune.round_epochs', 'barrier.psi_reset')}
@@ -334,7 +328,8 @@ def save_random_signed_mask(model: str, directory):
   dataset = 'imagenet2012' if model.endswith('_imagenet') else 'cifar100'
   path = str(directory / 'first.signs')
   signs.save(path, signed, prunable=prunable, is_norm=is_norm, metadata={
-      **METADATA, 'model': model, 'dataset': dataset, 'image_shape': list(signs.IMAGE_SHAPES[dataset]), 'round': 3})
+      **METADATA, 'model': model, 'dataset': dataset, 'image_shape': list(datasets.FACTS[dataset].image_shape),
+      'round': 3})
   return signed, path
 
 

@@ -14,7 +14,7 @@ import pytest
 from aws_jax import plots, study
 from aws_jax.errors import UserError
 from aws_jax.rundir import RunDir
-from conftest import REPO
+from conftest import REPO, SUBPROCESS_TIMEOUT
 
 # configs/digits.py:study shrunk to a couple of minutes: 2 rounds, 2-epoch final trainings, cheap ψ-reset barriers.
 TINY_STUDY = {'prune.warmup_epochs': 2, 'prune.rounds': 2, 'prune.round_epochs': 1, 'final.epochs': 2,
@@ -120,7 +120,7 @@ def test_bad_grids_fail_before_anything_is_created(tmp_path, overrides, message)
   assert not workdir.exists()
   command = [sys.executable, '-m', 'aws_jax.study', f'--config={REPO}/configs/digits.py:study', f'--workdir={workdir}',
              *flags_of({**TINY_STUDY, **overrides})]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
   assert result.returncode == 2 and result.stderr.startswith('error: ') and message in result.stderr, result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
   assert not workdir.exists()
@@ -154,7 +154,8 @@ def test_fashion_mnist_config():
 def test_import_is_light():
   """The command line answers a bad grid before JAX, matplotlib or SciPy load."""
   code = 'import sys, aws_jax.study; print(sorted({"jax", "matplotlib", "scipy"} & set(sys.modules)))'
-  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT)
   assert result.stdout.strip() == '[]', result.stderr
 
 
@@ -175,7 +176,7 @@ def test_sign_changes_figure(tmp_path):
   np.testing.assert_allclose(lines['signs_changed_from_previous']['AWS']['y'], [0, 5, 7.5])
   out = tmp_path / 'figures'
   result = subprocess.run([sys.executable, '-m', 'aws_jax.plots', f'--workdirs={",".join(runs)}', f'--out={out}'],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
   assert result.returncode == 0, result.stderr
   assert result.stdout.split() == [str(out / 'accuracy_vs_sparsity.png'), str(out / 'signs.png')]
 
@@ -184,7 +185,7 @@ def test_digits_study_runs_then_widens(tmp_path):
   workdir = tmp_path / 'study'
   command = [sys.executable, '-m', 'aws_jax.study', f'--config={REPO}/configs/digits.py:study', f'--workdir={workdir}',
              *flags_of({**TINY_STUDY, 'study.starts': STARTS})]
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = read_csv(workdir / 'study.csv')
   assert tuple(rows[0]) == study.CSV_FIELDS
@@ -219,9 +220,10 @@ def test_digits_study_runs_then_widens(tmp_path):
   assert {**file_times(RunDir(workdir / 'aws').analyses), **file_times(RunDir(workdir / 'lrr').analyses)} == analysed
   assert [without_wall(r) for r in read_csv(workdir / 'study.csv')] == [without_wall(r) for r in rows]
 
-  before = {**file_times(RunDir(workdir / 'aws').checkpoint_root), **file_times(RunDir(workdir / 'lrr').checkpoint_root)}
+  checkpoints = [RunDir(workdir / method).checkpoint_root for method in ('aws', 'lrr')]
+  before = {**file_times(checkpoints[0]), **file_times(checkpoints[1])}
   widened = study.run(study_config(**{'study.starts': STARTS, 'study.seeds': (2, 3, 4)}), str(workdir))
-  after = {**file_times(RunDir(workdir / 'aws').checkpoint_root), **file_times(RunDir(workdir / 'lrr').checkpoint_root)}
+  after = {**file_times(checkpoints[0]), **file_times(checkpoints[1])}
   assert {p: after[p] for p in before} == before  # nothing trained before was trained again
   new = {(r['method'], r['start'], r['seed']) for r in widened['rows']} - {(m, s, int(seed)) for m, s, _, seed in grid}
   assert new == {(m, s, 4) for m in ('aws', 'lrr') for s in TRAINED} | {('dense', 'dense', 4)}

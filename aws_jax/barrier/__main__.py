@@ -6,37 +6,63 @@
   --a=DIR[:STEP] --b=DIR[:STEP]       any two checkpoints sharing a mask (DIR relative to --workdir, or absolute)
 
 Writes WORKDIR/barriers/NAME.json (α, test error and loss along the path, the curve, the barrier) and NAME.png.
---config is the run's config; --config.barrier.{points,bn_batches,reestimate,chunk} set how the path is measured.
+--config is the run's config; --config.barrier.{points,bn_batches,chunk} set how the path is measured.
 """
-from absl import app, flags
-from ml_collections import config_flags
+import os
 
-from aws_jax import barrier, cli, engine
+from absl import app, flags
+
+from aws_jax import cli
 from aws_jax import config as config_lib
+from aws_jax import rundir as rundir_lib
 from aws_jax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The run\'s config file (configs/*.py).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory: checkpoints are read and barriers/ written there.')
-_PRESET = flags.DEFINE_enum('preset', None, barrier.PRESETS, 'A comparison of the paper (instead of --a, --b).')
+_CONFIG = cli.define_config('The run\'s config.')
+_WORKDIR = cli.define_path('workdir', None, 'The run directory: checkpoints are read and barriers/ written there.')
+_PRESET = flags.DEFINE_enum('preset', None, rundir_lib.BARRIER_PRESETS,
+                            'A comparison of the paper (instead of --a, --b).')
 _A = flags.DEFINE_string('a', None, 'Checkpoint DIR[:STEP] at α = 1, e.g. checkpoints/final/signed_round8_seed2.')
 _B = flags.DEFINE_string('b', None, 'Checkpoint DIR[:STEP] at α = 0, e.g. checkpoints/final/retrain_round8_seed2.')
 _ROUND = flags.DEFINE_integer('round', -1, 'Pruning round of a preset (-1: source round, or the last for psi_reset).')
 _SEEDS = flags.DEFINE_list('seeds', [], 'Final-training seeds of a preset (default: config.final.seeds).')
 flags.mark_flags_as_required(['config', 'workdir'])
+flags.adopt_module_key_flags(cli)
+
+
+def check_finished(config, workdir: str, seeds: list[int]) -> None:
+  """Raises UserError, reading directory names only, unless the checkpoints to compare are there; the message says
+  which is missing and the command that makes it."""
+  if not os.path.isdir(workdir):
+    raise UserError(f'--workdir={workdir} does not exist: give the run directory of `python -m aws_jax.main`')
+  run = f'python -m aws_jax.main --config={flags.FLAGS["config"].serialize().split("=", 1)[1]} --workdir={workdir}'
+  if _PRESET.value == 'psi_reset':
+    spec = rundir_lib.RunDir(workdir).checkpoints(rundir_lib.PRUNE) + (f':{_ROUND.value}' if _ROUND.value >= 0 else '')
+    rundir_lib.check_checkpoint(spec, workdir, f'run its pruning stage: {run} --config.stage=prune')
+    return
+  if _PRESET.value:
+    a, b, _, _ = rundir_lib.final_preset(_PRESET.value, config, _ROUND.value, seeds)
+    source = config_lib.source_round(config) if _ROUND.value < 0 else _ROUND.value
+    final = (f'{run} --config.stage=final --config.final.source_round={source} '
+             f'--config.final.seeds="({",".join(map(str, seeds or config.final.seeds))},)"')
+    for spec in (a, b):
+      rundir_lib.check_checkpoint(spec, workdir, f'train it: {final}')
+    return
+  for spec in (_A.value, _B.value):
+    rundir_lib.check_checkpoint(spec, workdir, 'check --a / --b (relative to --workdir, or absolute)')
 
 
 def main(argv):
   cli.check_no_arguments(argv)
   config = cli.load_config(_CONFIG)
   if bool(_PRESET.value) == bool(_A.value or _B.value):
-    cli.exit_with(f'give either --preset={"|".join(barrier.PRESETS)} or --a and --b')
+    cli.exit_with(f'give either --preset={"|".join(rundir_lib.BARRIER_PRESETS)} or --a and --b')
   try:
     seeds = [int(seed) for seed in _SEEDS.value]
   except ValueError:
     cli.exit_with(f'--seeds={",".join(_SEEDS.value)} must be integers, e.g. --seeds=2,3')
   try:
-    config_lib.validate(config)
+    check_finished(config, _WORKDIR.value, seeds)
+    from aws_jax import barrier, engine  # pylint: disable=import-outside-toplevel  # heavy: after the checks
     result = barrier.compare(engine.make_setup(config), _WORKDIR.value, preset=_PRESET.value, a=_A.value,
                              b=_B.value, round_index=_ROUND.value, seeds=seeds)
     json_path, png_path = barrier.save(result, _WORKDIR.value)
