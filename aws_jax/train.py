@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from aws_jax import data as data_lib
-from aws_jax import pruning
+from aws_jax import augment, pruning
 
 
 @flax.struct.dataclass
@@ -92,7 +91,7 @@ def make_batch_step(model: nn.Module, tx: optax.GradientTransformation, *, aws: 
   """
   def batch_step(state: TrainState, images, labels):
     rng, augment_key, alpha_key, dropout_key = jax.random.split(state.rng, 4)
-    x = data_lib.normalize(data_lib.augment(augment_key, images, augmentation), mean, std)
+    x = augment.normalize(augment.augment(augment_key, images, augmentation), mean, std)
     y = labels
     alpha = jax.random.uniform(alpha_key) if aws else 0.0
 
@@ -119,7 +118,7 @@ def make_batch_step(model: nn.Module, tx: optax.GradientTransformation, *, aws: 
 def make_eval_step(model: nn.Module, mean, std, compute_dtype=jnp.float32) -> Callable:
   """Builds `eval_step(params, batch_stats, images, labels, indices, valid) -> (loss_sum, correct)`."""
   def eval_step(params, batch_stats, images, labels, indices, valid):
-    x = data_lib.normalize(images[indices], mean, std).astype(compute_dtype)
+    x = augment.normalize(images[indices], mean, std).astype(compute_dtype)
     logits = model.apply({'params': cast(params, compute_dtype), 'batch_stats': batch_stats}, x,
                          train=False).astype(jnp.float32)
     y = labels[indices]

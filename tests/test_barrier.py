@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from aws_jax import barrier, engine, protocol, pruning, stages, train
+from aws_jax import augment, barrier, engine, protocol, pruning, stages, train
 from aws_jax import config as config_lib
 from aws_jax import data as data_lib
 from aws_jax.checkpoints import Checkpoints
@@ -56,7 +56,7 @@ class TinyMixer(nn.Module):
 
 def fit(model, variables, steps, lr):
   """Full-batch Adam on the digits training set; returns the trained variables."""
-  x = data_lib.normalize(DIGITS.train_images, DIGITS.mean, DIGITS.std)
+  x = augment.normalize(DIGITS.train_images, DIGITS.mean, DIGITS.std)
   y = jnp.asarray(DIGITS.train_labels)
   tx = optax.adam(lr)
 
@@ -139,7 +139,7 @@ def test_reestimated_statistics_are_the_average_of_batch_statistics(momentum):
   batches = np.arange(600).reshape(5, 120)
   stats = barrier.reestimate_batch_stats(model, variables['params'], variables['batch_stats'], DATA.train_images,
                                          batches, DATA.mean, DATA.std)
-  x = np.asarray(data_lib.normalize(DIGITS.train_images, DIGITS.mean, DIGITS.std)).reshape(-1, 64)
+  x = np.asarray(augment.normalize(DIGITS.train_images, DIGITS.mean, DIGITS.std)).reshape(-1, 64)
   hidden = x[batches] @ np.asarray(variables['params']['Dense_0']['kernel'])  # (batches, batch, width)
   np.testing.assert_allclose(stats['BatchNorm_0']['mean'], hidden.mean(axis=1).mean(axis=0), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(stats['BatchNorm_0']['var'], hidden.var(axis=1).mean(axis=0), rtol=1e-4)

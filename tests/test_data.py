@@ -19,7 +19,7 @@ from PIL import Image
 from tensorflow_datasets.proto import tf_example_pb2
 from tensorflow_datasets.proto import tf_feature_pb2
 
-from aws_jax import data
+from aws_jax import augment, data
 from aws_jax.errors import UserError
 
 
@@ -81,7 +81,7 @@ def test_digits_statistics_match_numpy(digits):
 
 
 def test_normalize_gives_zero_mean_unit_std(digits):
-  normalized = np.asarray(data.normalize(digits.train_images, digits.mean, digits.std))
+  normalized = np.asarray(augment.normalize(digits.train_images, digits.mean, digits.std))
   assert normalized.dtype == np.float32 and normalized.shape == digits.train_images.shape
   np.testing.assert_allclose(normalized.mean(axis=(0, 1, 2)), [0.0], atol=1e-5)
   np.testing.assert_allclose(normalized.std(axis=(0, 1, 2)), [1.0], atol=1e-5)
@@ -89,7 +89,7 @@ def test_normalize_gives_zero_mean_unit_std(digits):
 
 def test_normalize_is_per_channel():
   images = np.stack([np.full((2, 3), 10.0), np.full((2, 3), 4.0)], axis=-1)[None]
-  out = np.asarray(jax.jit(data.normalize)(images, np.array([8.0, 2.0]), np.array([2.0, 0.5])))
+  out = np.asarray(jax.jit(augment.normalize)(images, np.array([8.0, 2.0]), np.array([2.0, 0.5])))
   np.testing.assert_allclose(out[..., 0], 1.0)
   np.testing.assert_allclose(out[..., 1], 4.0)
 
@@ -115,12 +115,12 @@ def _transforms_matching(image: np.ndarray, out: np.ndarray) -> list:
 
 def test_augment_none_is_identity():
   images = _tiny_batch(3)
-  np.testing.assert_array_equal(data.augment(jax.random.key(0), images, 'none'), images)
+  np.testing.assert_array_equal(augment.augment(jax.random.key(0), images, 'none'), images)
 
 
 def test_augment_crop_flip_is_a_padded_crop_maybe_flipped_with_per_example_randomness():
   images = _tiny_batch(64)
-  out = np.asarray(data.augment(jax.random.key(0), images, 'crop_flip'))
+  out = np.asarray(augment.augment(jax.random.key(0), images, 'crop_flip'))
   assert out.shape == images.shape and out.dtype == images.dtype
   transforms = []
   for image, augmented in zip(images, out):
@@ -135,10 +135,10 @@ def test_augment_crop_flip_is_a_padded_crop_maybe_flipped_with_per_example_rando
 @pytest.mark.parametrize('kind', ['crop_flip', 'resized_crop_flip'])
 def test_augment_is_deterministic_per_key_and_jits(kind):
   images = _tiny_batch(16)
-  out = np.asarray(data.augment(jax.random.key(7), images, kind))
-  np.testing.assert_array_equal(np.asarray(data.augment(jax.random.key(7), jnp.asarray(images), kind)), out)
-  assert not np.allclose(np.asarray(data.augment(jax.random.key(8), images, kind)), out)
-  in_a_step = jax.jit(lambda key, x: data.augment(key, x, kind))  # as the jitted train step calls it
+  out = np.asarray(augment.augment(jax.random.key(7), images, kind))
+  np.testing.assert_array_equal(np.asarray(augment.augment(jax.random.key(7), jnp.asarray(images), kind)), out)
+  assert not np.allclose(np.asarray(augment.augment(jax.random.key(8), images, kind)), out)
+  in_a_step = jax.jit(lambda key, x: augment.augment(key, x, kind))  # as the jitted train step calls it
   np.testing.assert_allclose(np.asarray(in_a_step(jax.random.key(7), images)), out, atol=1e-4)
 
 
@@ -164,7 +164,7 @@ def _sample_points(start: int, length: int, size: int) -> np.ndarray:
 def test_augment_resized_crop_flip_is_a_torchvision_box_resized_bilinearly_maybe_flipped():
   size = 64
   images = np.repeat(_ramp_image(size)[None], 64, axis=0)
-  out = np.asarray(data.augment(jax.random.key(0), images, 'resized_crop_flip'))
+  out = np.asarray(augment.augment(jax.random.key(0), images, 'resized_crop_flip'))
   assert out.shape == images.shape and out.dtype == np.float32
   boxes = []
   for augmented in out:
@@ -188,15 +188,16 @@ def test_augment_resized_crop_flip_is_a_torchvision_box_resized_bilinearly_maybe
 
 
 def test_crop_boxes_fall_back_to_the_central_box_as_torchvision():
-  top, left, height, width = (float(v) for v in jax.jit(data._crop_box, static_argnums=(1, 2))(jnp.zeros(22), 10, 1000))
+  crop_box = jax.jit(augment._crop_box, static_argnums=(1, 2))  # pylint: disable=protected-access
+  top, left, height, width = (float(v) for v in crop_box(jnp.zeros(22), 10, 1000))
   assert (top, left, height, width) == (0, 493, 10, 13)  # no box of 1/2 the area fits: the whole height, ratio 4/3
-  assert data._random_box(np.random.default_rng(0), 10, 1000, (0.08, 1.0)) == (0, 493, 10, 13)
-  assert data._random_box(np.random.default_rng(0), 1000, 10, (0.08, 1.0)) == (493, 0, 13, 10)
+  assert augment.random_box(np.random.default_rng(0), 10, 1000, (0.08, 1.0)) == (0, 493, 10, 13)
+  assert augment.random_box(np.random.default_rng(0), 1000, 10, (0.08, 1.0)) == (493, 0, 13, 10)
 
 
 def test_random_box_draws_like_torchvision():
   rng = np.random.default_rng(0)
-  boxes = np.array([data._random_box(rng, 300, 400, (0.08, 1.0)) for _ in range(500)])
+  boxes = np.array([augment.random_box(rng, 300, 400, (0.08, 1.0)) for _ in range(500)])
   top, left, height, width = boxes.T
   assert (top >= 0).all() and (top + height <= 300).all() and (left >= 0).all() and (left + width <= 400).all()
   area = height * width / (300 * 400)
@@ -207,7 +208,7 @@ def test_random_box_draws_like_torchvision():
 
 def test_augment_rejects_unknown_kind():
   with pytest.raises(UserError, match='crop_flip'):
-    data.augment(jax.random.key(0), _tiny_batch(1), 'mixup')
+    augment.augment(jax.random.key(0), _tiny_batch(1), 'mixup')
 
 
 def test_unknown_dataset_lists_choices():
@@ -457,7 +458,7 @@ def test_imagenet_train_example_is_torchvisions_random_resized_crop_then_flip():
     out = data._imagenet_train_example({'image': _encode(image, 'PNG'), 'label': 7}, np.random.default_rng(seed))
     assert out['label'] == 7 and out['label'].dtype == np.int32
     rng = np.random.default_rng(seed)  # replays the draws: the box (scale (0.08, 1)), then the flip
-    top, left, height, width = data._random_box(rng, 300, 400, (0.08, 1.0))
+    top, left, height, width = augment.random_box(rng, 300, 400, (0.08, 1.0))
     expected = np.asarray(Image.fromarray(image).crop((left, top, left + width, top + height))
                           .resize((224, 224), Image.Resampling.BILINEAR))
     flips.append(rng.random() < 0.5)

@@ -23,8 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from aws_jax import data as data_lib
-from aws_jax import conv, plots, pruning, reporting, train
+from aws_jax import augment, conv, plots, pruning, reporting, train
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.rundir import BARRIER_PRESETS as PRESETS, PRUNE, RunDir, final_preset, parse_checkpoint  # light
 from aws_jax.errors import UserError
@@ -61,8 +60,8 @@ def reestimate_batch_stats(model, params: PyTree, batch_stats: PyTree, images, b
     """Flax updates a statistic to m·old + (1 − m)·batch's: from old = 0 that is (1 − m)·batch's; m is its slope."""
     x = images[indices]
     if method == 'authors':
-      x = data_lib.augment(jax.random.fold_in(jax.random.PRNGKey(seed), step), x, augmentation)
-    x = data_lib.normalize(x, mean, std)
+      x = augment.augment(jax.random.fold_in(jax.random.PRNGKey(seed), step), x, augmentation)
+    x = augment.normalize(x, mean, std)
 
     def updated(stats):
       return model.apply({'params': params, 'batch_stats': stats}, x, train=True, mutable=['batch_stats'])[1][
