@@ -145,6 +145,67 @@ def test_reestimated_statistics_are_the_average_of_batch_statistics(momentum):
   np.testing.assert_allclose(stats['BatchNorm_0']['var'], hidden.var(axis=1).mean(axis=0), rtol=1e-4)
 
 
+def reference_reestimation(hidden, unbiased=False):
+  """The reference's statistics after `hidden` (batches, batch, width): a fresh BatchNorm (mean 0, variance 1)
+  updated by every batch with PyTorch's momentum 0.1; `unbiased`: PyTorch's n/(n − 1) variance."""
+  mean, var = np.zeros(hidden.shape[-1]), np.ones(hidden.shape[-1])
+  for batch in hidden:
+    mean = 0.9 * mean + 0.1 * batch.mean(axis=0)
+    var = 0.9 * var + 0.1 * batch.var(axis=0, ddof=1 if unbiased else 0)
+  return mean, var
+
+
+@pytest.fixture(scope='module')
+def authors_statistics():
+  """'authors' statistics of a BNMLP whose BatchNorm momentum (0.99) is not PyTorch's, and its hidden batches."""
+  model = BNMLP(width=8, momentum=0.99)
+  variables = init(model, 1)
+  batches = np.arange(600).reshape(5, 120)
+  stats = barrier.reestimate_batch_stats(model, variables['params'], variables['batch_stats'], DATA.train_images,
+                                         batches, DATA.mean, DATA.std, method='authors')
+  x = np.asarray(data_lib.normalize(DIGITS.train_images, DIGITS.mean, DIGITS.std)).reshape(-1, 64)
+  return stats['BatchNorm_0'], x[batches] @ np.asarray(variables['params']['Dense_0']['kernel'], np.float64)
+
+
+def test_authors_reestimation_is_fresh_statistics_updated_with_momentum_0_1(authors_statistics):
+  stats, hidden = authors_statistics
+  mean, var = reference_reestimation(hidden)
+  np.testing.assert_allclose(stats['mean'], mean, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats['var'], var, rtol=1e-4)
+
+
+def test_authors_reestimation_matches_pytorchs_batchnorm_reset_and_one_pass(authors_statistics):
+  """PyTorch's own BatchNorm1d, reset and run in training mode over the batches: the same means; the variances
+  once PyTorch's unbiased batch variance (n/(n − 1), n = 120 here) is accounted for, a difference Flax keeps."""
+  torch = pytest.importorskip('torch')
+  stats, hidden = authors_statistics
+  norm = torch.nn.BatchNorm1d(8)
+  norm.running_mean.fill_(3.0)  # whatever the statistics were: the reference starts afresh
+  norm.reset_running_stats()
+  norm.train()
+  with torch.no_grad():
+    for batch in torch.from_numpy(hidden.astype(np.float32)):
+      norm(batch)
+  np.testing.assert_allclose(stats['mean'], norm.running_mean.numpy(), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(norm.running_var.numpy(), reference_reestimation(hidden, unbiased=True)[1], rtol=1e-5)
+  np.testing.assert_allclose(stats['var'], reference_reestimation(hidden)[1], rtol=1e-4)
+
+
+def test_authors_reestimation_augments_each_batch_from_its_seed_and_step():
+  model = BNMLP(width=8)
+  variables = init(model, 1)
+  batches = np.arange(600).reshape(5, 120)[::-1]
+  reestimate = functools.partial(barrier.reestimate_batch_stats, model, variables['params'], variables['batch_stats'],
+                                 mean=DATA.mean, std=DATA.std, method='authors')
+  augmented = np.concatenate([data_lib.augment(jax.random.fold_in(jax.random.PRNGKey(3), step),
+                                               DIGITS.train_images[indices], 'crop_flip')
+                              for step, indices in enumerate(batches)])
+  stats = reestimate(images=DATA.train_images, batches=batches, augmentation='crop_flip', seed=3)
+  expected = reestimate(images=jnp.asarray(augmented), batches=np.arange(600).reshape(5, 120))
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), stats, expected)
+  assert np.any(augmented != DIGITS.train_images[batches.ravel()])
+
+
 def test_barrier_of_a_network_with_itself_is_zero_and_endpoints_keep_their_accuracy(mlp):
   model, a = mlp
   b = fit(model, init(model, 1), steps=300, lr=3e-3)
@@ -273,9 +334,10 @@ def test_presets_compare_the_papers_pairs_and_save_json_and_png(digits_run):
 
 
 @pytest.mark.parametrize('key, value, fragment', [
-    ('points', 1, 'at least 2'), ('bn_batches', -2, 'one epoch'), ('chunk', -1, '>= 0')])
+    ('points', 1, 'at least 2'), ('bn_batches', -2, 'one epoch'), ('chunk', -1, '>= 0'),
+    ('reestimate', 'ema', 'one of authors, average')])
 def test_bad_barrier_config_is_refused(key, value, fragment):
-  with pytest.raises(UserError, match=f'--config.barrier.{key}={value} .*{fragment}'):
+  with pytest.raises(UserError, match=f"--config.barrier.{key}={value!r}? .*{fragment}"):
     config_lib.validate(tiny_digits_config(**{f'barrier.{key}': value}))
 
 

@@ -20,7 +20,7 @@ CIFAR_PROTOCOL = {'prune.warmup_epochs': 10, 'prune.rounds': 15, 'prune.round_ep
 IMAGENET_PROTOCOL = {'dataset': 'imagenet2012', 'prune.warmup_epochs': 20, 'prune.rounds': 10,
                      'prune.round_epochs': 5, 'final.epochs': 100, 'final.schedule': 'cosine'}
 EVERY_RUN = {'method': 'aws', 'seed': 1, 'final.seeds': (2, 3), 'prune.fraction': 0.2,
-             'prune.exclude': ('classifier',)}
+             'prune.exclude': ('classifier',), 'init': 'authors', 'drop_connect': 0.0, 'normalization': 'authors'}
 
 # 'file:preset': the values METHOD.md fixes for that run.
 EXPECTED = {
@@ -81,3 +81,24 @@ def test_docstring_opens_with_its_command_and_unknown_presets_fail(file):
 
 def test_the_light_schema_names_every_model():
   assert config_lib.MODELS == models.MODELS
+  assert config_lib.INITS == models.INITS
+
+
+def test_legacy_defaults_are_valid_values_of_existing_keys():
+  config = config_lib.base_config()
+  for key, value in config_lib.LEGACY_DEFAULTS.items():
+    *parents, leaf = key.split('.')
+    node = lookup(config, '.'.join(parents)) if parents else config
+    assert leaf in node, key
+    node[leaf] = value
+  config_lib.validate(config)
+
+
+@pytest.mark.parametrize('key, value, fragment', [
+    ('init', 'torch', 'one of authors, flax'), ('normalization', 'cifar', 'one of authors, computed'),
+    ('drop_connect', 1.0, r'in \[0, 1\)')])
+def test_bad_init_normalization_or_drop_connect_is_refused(key, value, fragment):
+  config = config_lib.base_config()
+  config[key] = value
+  with pytest.raises(config_lib.UserError, match=f'--config.{key}=.*{fragment}'):
+    config_lib.validate(config)

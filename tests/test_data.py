@@ -1,5 +1,6 @@
 """Tests for aws_jax.data: loading (digits, small prepared TFDS datasets, Fashion-MNIST IDX, a Tiny-ImageNet folder
 tree), ImageNet's streaming pipeline on a fake prepared imagenet2012, normalize, augment."""
+import dataclasses
 import importlib.util
 import io
 import shutil
@@ -539,3 +540,19 @@ def test_protocol_trains_on_streamed_imagenet(fake_imagenet, tmp_path):
   assert [(f['mode'], f['epochs']) for f in results['final']] == [('signed', 1)]
   for r in results['rounds'] + results['final']:
     assert 0 <= r['test_accuracy'] <= 1 and np.isfinite(r['train_loss'])
+
+
+def test_authors_normalization_is_the_references_constants_for_cifar100_and_tiny_imagenet(monkeypatch):
+  """The reference normalises CIFAR-100 with CIFAR-10's constants and Tiny-ImageNet with ImageNet's; computed
+  statistics stay for every other dataset, and for all with normalization='computed'."""
+  digits = data.load('digits')
+  monkeypatch.setattr(data, '_load_in_memory', lambda name, *_: dataclasses.replace(digits, name=name))
+  constants = {'cifar100': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+               'tiny_imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+  for name in ('digits', 'fashion_mnist', 'cifar10', 'cifar100', 'tiny_imagenet'):
+    authors, computed = data.load(name, normalization='authors'), data.load(name, normalization='computed')
+    np.testing.assert_array_equal(computed.mean, digits.mean)
+    if name in constants:
+      np.testing.assert_allclose([authors.mean, authors.std], 255 * np.array(constants[name]), rtol=1e-6)
+    else:
+      np.testing.assert_array_equal([authors.mean, authors.std], [digits.mean, digits.std])

@@ -229,6 +229,22 @@ def test_signed_mask_transfer():
   chex.assert_trees_all_equal(result, expected, strict=True)
 
 
+def test_signed_transfer_keeps_every_bias_sign_when_fresh_biases_are_nonzero():
+  """Under config.init='authors' biases start at ±1/√fan_in, so the signed start carries each trained bias's sign
+  (classifier, squeeze-excitation convs, Mixer layers); from zero biases (init='flax') those signs are lost."""
+  trained = tiny_params()  # biases: Dense_0 [+, 0 (alive: +), -], classifier [0 (alive: +), -]
+  signed = pruning.signs(trained, ones_mask())
+  fresh = tiny_params()
+  fresh['Dense_0']['bias'] = f32([-0.3, -0.2, 0.1])
+  fresh['classifier']['bias'] = f32([-0.05, 0.04])
+  result = pruning.signed_mask_transfer(fresh, signed, IS_NORM)
+  np.testing.assert_array_equal(result['Dense_0']['bias'], f32([0.3, 0.2, -0.1]))
+  np.testing.assert_array_equal(result['classifier']['bias'], f32([0.05, -0.04]))
+  zero = jax.tree.map(np.zeros_like, fresh)
+  lost = pruning.signed_mask_transfer(zero, signed, IS_NORM)
+  assert not np.any(lost['Dense_0']['bias']) and not np.any(lost['classifier']['bias'])
+
+
 # Masks.
 
 
