@@ -169,13 +169,25 @@ def parse_flags(argv):
   return remaining
 
 
+class _OwnWarningsOnly(std_logging.Filter):
+  """Passes errors, and warnings logged by aws_jax itself; drops the libraries' warnings (orbax logs through absl)."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.ERROR or record.pathname.startswith(_PACKAGE_DIRECTORY)
+
+
+_PACKAGE_DIRECTORY = os.path.dirname(os.path.abspath(aws_jax.__file__)) + os.sep
+
+
 def quiet_logging():
-  """Library logging (JAX, XLA, orbax) down to errors unless the user asked for it with --verbosity / -v."""
+  """Library logging (JAX, XLA, orbax, absl) down to errors unless the user asked for it with --verbosity / -v;
+  aws_jax's own warnings (e.g. oneDNN unavailable) stay."""
   if flags.FLAGS['verbosity'].present:
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # XLA's C++ logging, read when JAX's backend starts
   logging.set_verbosity(logging.WARNING)
-  for name in ('jax', 'orbax'):  # aws_jax's own warnings (absl's logger) stay on
+  logging.get_absl_handler().addFilter(_OwnWarningsOnly())
+  for name in ('jax', 'orbax'):
     std_logging.getLogger(name).setLevel(std_logging.ERROR)
 
 
