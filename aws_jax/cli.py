@@ -49,7 +49,7 @@ def config_file(spec: str) -> str:
   name of a shipped config; raises UserError, on one line, for a missing file, an unknown name or a syntax error."""
   file, colon, preset = spec.partition(':')
   names = config_names()
-  if os.sep not in file and not file.endswith('.py') and not os.path.exists(file):
+  if os.sep not in file and not file.endswith('.py') and not os.path.isfile(file):
     if file not in names:
       raise UserError(f'--config={spec}: no config named {file!r}; give a config file (e.g. configs/digits.py) or '
                       f'one of the names {", ".join(names)}')
@@ -115,6 +115,7 @@ def load_config(holder: flags.FlagHolder) -> ml_collections.ConfigDict:
 # --- Paths: made absolute once, where the user gave them. ----------------------------------------------------------
 
 def absolute(path: str) -> str:
+  """`path` made absolute against the working directory (with ~ expanded); empty stays empty."""
   return os.path.abspath(os.path.expanduser(path)) if path else path
 
 
