@@ -49,7 +49,7 @@ def config_file(spec: str) -> str:
   name of a shipped config; raises UserError, on one line, for a missing file, an unknown name or a syntax error."""
   file, colon, preset = spec.partition(':')
   names = config_names()
-  if os.sep not in file and not file.endswith('.py') and not os.path.exists(file):
+  if os.sep not in file and not file.endswith('.py') and not os.path.isfile(file):
     if file not in names:
       raise UserError(f'--config={spec}: no config named {file!r}; give a config file (e.g. configs/digits.py) or '
                       f'one of the names {", ".join(names)}')
@@ -115,6 +115,7 @@ def load_config(holder: flags.FlagHolder) -> ml_collections.ConfigDict:
 # --- Paths: made absolute once, where the user gave them. ----------------------------------------------------------
 
 def absolute(path: str) -> str:
+  """`path` made absolute against the working directory (with ~ expanded); empty stays empty."""
   return os.path.abspath(os.path.expanduser(path)) if path else path
 
 
@@ -169,13 +170,25 @@ def parse_flags(argv):
   return remaining
 
 
+class _OwnWarningsOnly(std_logging.Filter):
+  """Passes errors, and warnings logged by aws_jax itself; drops the libraries' warnings (orbax logs through absl)."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.ERROR or record.pathname.startswith(_PACKAGE_DIRECTORY)
+
+
+_PACKAGE_DIRECTORY = os.path.dirname(os.path.abspath(aws_jax.__file__)) + os.sep
+
+
 def quiet_logging():
-  """Library logging (JAX, XLA, orbax) down to errors unless the user asked for it with --verbosity / -v."""
+  """Library logging (JAX, XLA, orbax, absl) down to errors unless the user asked for it with --verbosity / -v;
+  aws_jax's own warnings (e.g. oneDNN unavailable) stay."""
   if flags.FLAGS['verbosity'].present:
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # XLA's C++ logging, read when JAX's backend starts
   logging.set_verbosity(logging.WARNING)
-  for name in ('jax', 'orbax'):  # aws_jax's own warnings (absl's logger) stay on
+  logging.get_absl_handler().addFilter(_OwnWarningsOnly())
+  for name in ('jax', 'orbax'):
     std_logging.getLogger(name).setLevel(std_logging.ERROR)
 
 
