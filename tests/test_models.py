@@ -1,4 +1,5 @@
 """Tests for aws_jax.models: METHOD.md's parameter counts, the prunable layers, and a training forward/backward."""
+import functools
 import importlib.util
 
 import flax.linen as nn
@@ -250,12 +251,17 @@ def test_small_cnn_authors_init_is_pytorchs_default_biases_included():
 
 
 def test_drop_connect_only_in_a_training_step_with_a_dropout_rng():
-  block = models.MBConv(6, 16, 3, 1, drop_connect=0.9, inits=models.FLAX)
+  block = models.MBConv(1, 16, 3, 1, drop_connect=0.9, inits=models.FLAX)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 4, 4, 16)), jnp.float32)
-  variables = jax.jit(block.init, static_argnums=2)(jax.random.PRNGKey(0), x, False)
-  plain = block.clone(drop_connect=0.0).apply(variables, x, True, mutable=['batch_stats'])[0]
-  without_rng = block.apply(variables, x, True, mutable=['batch_stats'])[0]
-  with_rng = block.apply(variables, x, True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(1)})[0]
+
+  @jax.jit
+  def outputs(x):
+    variables = block.init(jax.random.PRNGKey(0), x, False)
+    train_mode = functools.partial(block.apply, variables, x, True, mutable=['batch_stats'])
+    return (block.clone(drop_connect=0.0).apply(variables, x, True, mutable=['batch_stats'])[0], train_mode()[0],
+            train_mode(rngs={'dropout': jax.random.PRNGKey(1)})[0])
+
+  plain, without_rng, with_rng = outputs(x)
   np.testing.assert_array_equal(without_rng, plain)
   assert not np.allclose(with_rng, plain)
   assert models.create_model('efficientnet_b0', 10).drop_connect == 0
