@@ -22,6 +22,7 @@ OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('step', 'cosine', 'constant')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 SEEDS_AT_ONCE = ('auto', 'vmap', 'sequential')
+CONV_IMPLS = ('auto', 'onednn', 'onednn_direct', 'xla', 'lax')  # = conv.IMPLS (aws_jax/conv.py says what each is)
 
 # Keys that may change between two invocations on the same workdir: they pick what to run, not what a run is.
 RERUN_KEYS = ('stage', 'study.methods', 'study.starts', 'study.source_rounds', 'study.seeds', 'data_workers',
@@ -86,6 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.study.seeds = (2, 3, 4)          # one final training per (method, start, round, seed)
 
   config.compute_dtype = 'float32'  # 'bfloat16' on TPU/GPU: forward/backward in bf16, params and state float32
+  config.conv = 'auto'              # convolutions on CPU: 'onednn' (Winograd where it suits), 'onednn_direct', 'xla',
+                                    # 'lax' (plain ops, as on GPU/TPU), 'auto' (oneDNN where built, else 'xla')
   config.mesh = ml_collections.ConfigDict()  # devices: the global batch is split over all of them
   config.mesh.fsdp = 1              # > 1: also split params and optimizer state over this many devices (FSDP)
 
@@ -122,6 +125,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config, 'optimizer.name', OPTIMIZERS)
   _one_of(config, 'final.schedule', SCHEDULES)
   _one_of(config, 'compute_dtype', COMPUTE_DTYPES)
+  _one_of(config, 'conv', CONV_IMPLS)
   _one_of(config, 'final.seeds_at_once', SEEDS_AT_ONCE)
   _check(0 < config.prune.fraction < 1,
          f'--config.prune.fraction={config.prune.fraction} must lie strictly between 0 and 1')

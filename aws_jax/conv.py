@@ -41,10 +41,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from aws_jax import config as config_lib
 from aws_jax import onednn
 from aws_jax.errors import UserError
 
-IMPLS = ('auto', 'onednn', 'onednn_direct', 'xla', 'lax')
+IMPLS = config_lib.CONV_IMPLS
 _IMPL = contextvars.ContextVar('aws_jax_conv_impl', default='auto')
 ONEDNN_IM2COL_MAX_PIXELS = 4
 IM2COL_MAX_PIXELS = 16

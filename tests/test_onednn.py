@@ -164,7 +164,7 @@ def test_unbuildable_onednn_falls_back_to_xla(monkeypatch, tmp_path):
   """No compiler or no oneDNN headers: available() is False, and conv_general_dilated runs XLA's convolution."""
   monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
   monkeypatch.setenv('AWS_JAX_CACHE', str(tmp_path))
-  onednn.available.cache_clear()
+  onednn.load.cache_clear()
   try:
     assert not onednn.available()
     x, k = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2))
@@ -172,7 +172,7 @@ def test_unbuildable_onednn_falls_back_to_xla(monkeypatch, tmp_path):
         x, k, (1, 1), 'SAME', None, None, DN).as_text()
     assert 'convolution' in text and 'aws_onednn' not in text
   finally:
-    onednn.available.cache_clear()
+    onednn.load.cache_clear()
 
 
 @needs_build
@@ -198,8 +198,8 @@ def test_each_choice_jits_its_own_convolutions():
 
 def test_onednn_turned_off_by_the_environment_means_xla(monkeypatch):
   monkeypatch.setenv('AWS_JAX_ONEDNN', '0')
-  onednn.available.cache_clear()
+  onednn.load.cache_clear()
   try:
     assert conv.resolve('onednn') == conv.resolve('auto') == 'xla'
   finally:
-    onednn.available.cache_clear()
+    onednn.load.cache_clear()
