@@ -65,11 +65,12 @@ def step_figures(model_name: str, batch: int, image: int, classes: int, steps: i
   compile_step = lambda impl, step: jax.jit(conv.using(impl, step), donate_argnums=0,
                                             compiler_options=conv.compiler_options()).lower(
                                                 fresh_state(), images, labels, indices).compile()
-  # XLA's FLOP count of the model's work: with plain lax convolutions (it counts no custom call's work).
-  flops = (compile_step('lax', step).cost_analysis() or {}).get('flops', float('nan'))
   start = time.perf_counter()
   compiled = {'masked': compile_step(impl, step)}
   compile_s = time.perf_counter() - start
+  # XLA's FLOP count of the model's work: with plain lax convolutions (it counts no custom call's work).
+  counted = compiled['masked'] if conv.resolve(impl) == 'lax' else compile_step('lax', step)
+  flops = (counted.cost_analysis() or {}).get('flops', float('nan'))
   compiled['unmasked'] = compile_step(impl, without_masks(step))
   states = {kind: fresh_state() for kind in compiled}
   times = {kind: [] for kind in compiled}
@@ -92,10 +93,11 @@ def step_figures(model_name: str, batch: int, image: int, classes: int, steps: i
 
 
 def torch_figures(script: str, model_name: str, batch: int, image: int, classes: int, steps: int,
-                  sparsity: float, aws: bool) -> dict:
-  """The JSON line of the PyTorch step script `script` (benchmarks/torch_baseline.py's flags)."""
+                  sparsity: float, aws: bool, device: str = 'cpu') -> dict:
+  """The JSON line of the PyTorch step script `script` (benchmarks/torch_baseline.py's flags) on `device`."""
   command = [sys.executable, script, f'--model={model_name}', f'--batch={batch}', f'--image={image}',
-             f'--classes={classes}', f'--steps={steps}', f'--sparsity={sparsity}', '--aws' if aws else '--no-aws']
+             f'--classes={classes}', f'--steps={steps}', f'--sparsity={sparsity}', '--aws' if aws else '--no-aws',
+             *([f'--device={device}'] if device != 'cpu' else [])]
   output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
   return json.loads(output.strip().splitlines()[-1])
 
@@ -105,11 +107,13 @@ def compared(setting: tuple, image: int, steps: int, aws: bool, repeats: int, to
   """aws_jax's step figures, and with a `torch_script`, PyTorch's in alternation with them, `repeats` times: the
   run of the fastest aws_jax median, PyTorch's fastest median, their ratio, and every run's medians (the spread)."""
   model_name, batch, classes, sparsity = setting
+  device = 'cuda' if jax.default_backend() == 'gpu' else 'cpu'  # PyTorch on the device aws_jax runs on
   runs = []
   for _ in range(repeats):
     runs.append(('jax', step_figures(model_name, batch, image, classes, steps, sparsity, aws, impl)))
     if torch_script:
-      runs.append(('torch', torch_figures(torch_script, model_name, batch, image, classes, steps, sparsity, aws)))
+      runs.append(('torch', torch_figures(torch_script, model_name, batch, image, classes, steps, sparsity, aws,
+                                                device)))
   jax_runs = [r for kind, r in runs if kind == 'jax']
   result = min(jax_runs, key=lambda r: r['ms_per_step_median'])
   result['ms_per_step_medians'] = [r['ms_per_step_median'] for r in jax_runs]

@@ -199,6 +199,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--aws', action=argparse.BooleanOptionalAction, default=True,
                       help='blend BatchNorm affine parameters toward (1, 0) by one random alpha per step')
   parser.add_argument('--sparsity', type=float, default=0.0, help='fraction of each kernel masked to zero')
+  parser.add_argument('--device', default='cpu', help="'cuda' for the GPU (torch with CUDA)")
   return parser.parse_args(argv)
 
 
@@ -208,15 +209,16 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   random.seed(0)
-  model = build(args.model, args.classes).train()
+  model = build(args.model, args.classes).to(args.device).train()
   convs = [m for m in model.modules() if isinstance(m, MaskedConv)]
   norms = [m for m in model.modules() if isinstance(m, InterpBN)]
   if args.sparsity:
     for conv in convs:
       conv.mask.copy_((torch.rand_like(conv.mask) >= args.sparsity).float())
   optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-  images = torch.randn(args.batch, 3, args.image, args.image)
-  labels = torch.randint(0, args.classes, (args.batch,))
+  images = torch.randn(args.batch, 3, args.image, args.image).to(args.device)
+  labels = torch.randint(0, args.classes, (args.batch,)).to(args.device)
+  synchronize = torch.cuda.synchronize if args.device.startswith('cuda') else lambda: None
 
   ms = []
   for step in range(args.warmup + args.steps):
@@ -228,6 +230,7 @@ def main(argv=None):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    synchronize()
     if step >= args.warmup:
       ms.append((time.perf_counter() - start) * 1e3)
 
