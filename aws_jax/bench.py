@@ -28,6 +28,7 @@ _CLASSES = flags.DEFINE_integer('classes', 10, 'Classes for --only=step.')
 _SPARSITY = flags.DEFINE_float('sparsity', 0.0, 'Fraction of prunable weights masked, for --only=step.')
 _AWS = flags.DEFINE_boolean('aws', True, 'AWS interpolation in the step, for --only=step.')
 _CONV = flags.DEFINE_enum('conv', 'auto', config_lib.CONV_IMPLS, 'Convolutions of the steps (aws_jax.conv.IMPLS).')
+_PROFILE = flags.DEFINE_boolean('profile', False, "With --only=step: where the step's time goes, by kind of operation.")
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps after compilation.')
 _TORCH = flags.DEFINE_boolean('torch', False, 'Also time the PyTorch baseline (--torch_script), alternating.')
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Alternations of aws_jax and PyTorch runs (aws_jax runs alone).')
@@ -69,7 +70,7 @@ def main(argv):
     result['matmul_peak'] = speed.matmul_peak(256 if smoke else 4096, steps if _ONLY.value == 'matmul' else 5)
   if _ONLY.value == 'step':
     result['steps'] = [speed.compared((_MODEL.value, _BATCH.value, _CLASSES.value, _SPARSITY.value), image, steps,
-                                      _AWS.value, _REPEATS.value, torch_script, impl)]
+                                      _AWS.value, _REPEATS.value, torch_script, impl, _PROFILE.value)]
   if _ONLY.value is None:
     result['steps'] = [speed.compared(s, image, steps, True, _REPEATS.value, torch_script, impl)
                        for s in (SMOKE_SUITE if smoke else SUITE)]

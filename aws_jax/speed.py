@@ -6,11 +6,14 @@ practical peak), the compilations over a pruning stage, an error barrier, and se
 against one by one. `torch_figures` runs a PyTorch script of the same step. Figures only: nothing here asserts a
 speed.
 """
+import collections
 import functools
 import json
+import pathlib
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -42,10 +45,31 @@ def without_masks(step):
   return unmasked_step
 
 
+def ms_by_operation_kind(run, steps: int) -> dict[str, float]:
+  """Milliseconds per step that XLA's threads spend in each kind of operation of `run()` (one step, blocking):
+  oneDNN's convolutions ('ffi_call'), each kind of fusion, copies; from jax.profiler's trace of `steps` steps,
+  summed over threads (so it can exceed the wall time); the largest first."""
+  with tempfile.TemporaryDirectory() as directory:
+    with jax.profiler.trace(directory):
+      for _ in range(steps):
+        run()
+    trace = jax.profiler.ProfileData.from_file(str(next(pathlib.Path(directory).rglob('*.xplane.pb'))))
+  kinds = collections.Counter()
+  for plane in trace.planes:
+    for line in plane.lines:
+      if 'XLA' not in line.name or 'PjRt' in line.name or 'Modules' in line.name:  # ops' threads (CPU) or
+        continue                                                                      # streams (GPU) only
+      for event in line.events:
+        if not event.name.startswith(('ThunkExecutor', 'end: ')):  # the executor's own span holds the others
+          kinds[event.name.rstrip('0123456789').rstrip('.')] += event.duration_ns / 1e6 / steps
+  return {kind: round(ms, 2) for kind, ms in kinds.most_common() if ms >= 0.01}
+
+
 def step_figures(model_name: str, batch: int, image: int, classes: int, steps: int, sparsity: float,
-                 aws: bool, impl: str = 'auto') -> dict:
+                 aws: bool, impl: str = 'auto', profile: bool = False) -> dict:
   """Compile time, ms per step and GFLOP/s of one jitted train step with convolutions `impl` (conv.IMPLS), and
-  masking's cost inside it: the same step without masks, run in alternation with it."""
+  masking's cost inside it: the same step without masks, run in alternation with it. `profile`: also where the
+  step's time goes (`ms_by_operation_kind`)."""
   model = models.create_model(model_name, classes)
   tx = train.make_optimizer('sgd', 0.1, 0.9, 5e-4)
   key = jax.random.PRNGKey(0)
@@ -82,7 +106,13 @@ def step_figures(model_name: str, batch: int, image: int, classes: int, steps: i
       if i >= 2:
         times[kind].append((time.perf_counter() - start) * 1e3)
   median, unmasked = (statistics.median(times[kind]) for kind in ('masked', 'unmasked'))
-  return {'model': model_name, 'batch': batch, 'image': image, 'classes': classes, 'aws': aws,
+  figures = {}
+  if profile:
+    def run_step():
+      states['masked'], metrics = compiled['masked'](states['masked'], images, labels, indices)
+      jax.block_until_ready(metrics['loss'])
+    figures['ms_by_operation_kind'] = ms_by_operation_kind(run_step, min(steps, 5))
+  return figures | {'model': model_name, 'batch': batch, 'image': image, 'classes': classes, 'aws': aws,
           'sparsity': sparsity, 'convolutions': conv.resolve(impl),
           'params': sum(int(np.size(p)) for p in jax.tree.leaves(params)),
           'compile_s': round(compile_s, 2), 'ms_per_step_median': round(median, 2),
@@ -103,14 +133,14 @@ def torch_figures(script: str, model_name: str, batch: int, image: int, classes:
 
 
 def compared(setting: tuple, image: int, steps: int, aws: bool, repeats: int, torch_script: str | None,
-             impl: str = 'auto') -> dict:
+             impl: str = 'auto', profile: bool = False) -> dict:
   """aws_jax's step figures, and with a `torch_script`, PyTorch's in alternation with them, `repeats` times: the
   run of the fastest aws_jax median, PyTorch's fastest median, their ratio, and every run's medians (the spread)."""
   model_name, batch, classes, sparsity = setting
   device = 'cuda' if jax.default_backend() == 'gpu' else 'cpu'  # PyTorch on the device aws_jax runs on
   runs = []
   for _ in range(repeats):
-    runs.append(('jax', step_figures(model_name, batch, image, classes, steps, sparsity, aws, impl)))
+    runs.append(('jax', step_figures(model_name, batch, image, classes, steps, sparsity, aws, impl, profile)))
     if torch_script:
       runs.append(('torch', torch_figures(torch_script, model_name, batch, image, classes, steps, sparsity, aws,
                                                 device)))

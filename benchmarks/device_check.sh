@@ -74,7 +74,7 @@ TORCH=()
 if [[ $SMOKE == 1 ]]; then
   part tests 60 "$PYTHON" -m pytest -q -n 0 -p no:cacheprovider --junitxml="$OUT/tests.xml" \
     tests/test_conv.py -k 'compiler_options_compile'
-  bench step_small_cnn 90 --only=step --smoke --model=small_cnn --batch=8 --steps=2 --repeats=1
+  bench step_small_cnn 90 --only=step --smoke --model=small_cnn --batch=8 --steps=2 --repeats=1 --profile
   bench seeds 90 --only=seeds --smoke
   STUDY=(--config.prune.warmup_epochs=1 --config.prune.rounds=1
          --config.prune.round_epochs=1 --config.final.epochs=1 "--config.study.methods=('aws',)"
@@ -86,9 +86,9 @@ else
   part tests 120 "$PYTHON" -m pytest -q -n 0 -p no:cacheprovider --junitxml="$OUT/tests.xml" \
     tests/test_train.py tests/test_models.py tests/test_pruning.py tests/test_conv.py tests/test_barrier.py \
     tests/test_methods.py -k 'not fault'
-  bench step_resnet20 40 --only=step --model=resnet20 --steps=20 --repeats=1 "${TORCH[@]}"
-  bench step_vgg16 40 --only=step --model=vgg16 --steps=20 --repeats=1 "${TORCH[@]}"
-  bench step_resnet50 55 --only=step --model=resnet50 --batch=64 --classes=100 --steps=20 --repeats=1 "${TORCH[@]}"
+  bench step_resnet20 40 --only=step --model=resnet20 --steps=20 --repeats=1 --profile "${TORCH[@]}"
+  bench step_vgg16 40 --only=step --model=vgg16 --steps=20 --repeats=1 --profile "${TORCH[@]}"
+  bench step_resnet50 55 --only=step --model=resnet50 --batch=64 --classes=100 --steps=20 --repeats=1 --profile "${TORCH[@]}"
   bench seeds 50 --only=seeds
   STUDY=("--config.study.seeds=(2, 3)" --config.progress=False)  # a resumable run: rerun to finish it
   STUDY_LIMIT=130

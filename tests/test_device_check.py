@@ -16,6 +16,7 @@ def test_device_check_smoke_writes_every_part(tmp_path):
   assert json.loads((tmp_path / 'environment.json').read_text())['backend'] == 'cpu'
   step = json.loads((tmp_path / 'step_small_cnn.json').read_text())['steps'][0]
   assert step['model'] == 'small_cnn' and 'masking_ms' in step and step['share_of_matmul_peak'] > 0
+  assert step['ms_by_operation_kind'] and all(ms > 0 for ms in step['ms_by_operation_kind'].values())
   assert json.loads((tmp_path / 'seeds.json').read_text())['seeds'][0]['sequential_images_per_s'] > 0
   assert (tmp_path / 'tests.xml').exists() and (tmp_path / 'study' / 'study.md').exists()
   assert list((tmp_path / 'study').glob('*.png'))
