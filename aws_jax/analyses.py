@@ -124,9 +124,9 @@ def recalibrated(setup: Setup, state: train.TrainState) -> train.TrainState:
     count = setup.config.barrier.bn_batches or -1
     batches = sharding.put(barrier.bn_batch_indices(setup.dataset.num_train, setup.config.batch_size, count),
                            sharding.replicated(setup.mesh))
-    reestimate = jax.jit(functools.partial(barrier.reestimate_batch_stats, setup.model,
+    reestimate = jax.jit(conv.using(setup.config.conv, functools.partial(barrier.reestimate_batch_stats, setup.model,
                                            method=setup.config.barrier.reestimate,
-                                           augmentation=setup.dataset.augmentation),
+                                           augmentation=setup.dataset.augmentation)),
                          compiler_options=conv.compiler_options())
     return lambda s: reestimate(s.params, s.batch_stats, setup.train_images, batches, setup.dataset.mean,
                                 setup.dataset.std)
@@ -161,7 +161,8 @@ def _psi_reset(setup: Setup, network: Network) -> dict:
         setup.evaluate(network.state)
   end = (own['loss'] * n, round(own['accuracy'] * n))
   curve = barrier.psi_reset_curve(setup.model, network.state, setup.is_norm, path_data(setup),
-                                  setup.config.barrier.points, setup.config.barrier.chunk, end)
+                                  setup.config.barrier.points, setup.config.barrier.chunk, end,
+                                  impl=setup.config.conv)
   return {'psi_reset_barrier': curve['barrier'], 'psi_reset_curve': curve['curve'],
           'psi_reset_test_error': curve['test_error']}
 
@@ -195,7 +196,8 @@ def pair_curve(setup: Setup, network: Network, other: str) -> dict | None:
     if same_mask:
       config = setup.config
       stored_curve.update(barrier.error_curve(setup.model, barrier.variables(a), barrier.variables(b),
-                                              path_data(setup), config.barrier.points, config.barrier.chunk))
+                                              path_data(setup), config.barrier.points, config.barrier.chunk,
+                                              impl=config.conv))
     if reporting.is_main_process():
       os.makedirs(os.path.dirname(path), exist_ok=True)
       reporting.write_json(path, stored_curve)

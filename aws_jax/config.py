@@ -30,6 +30,7 @@ REESTIMATES = ('authors', 'average')
 # The value of each key added since runs first recorded their config that reproduces how those runs were made (where
 # that is not the key's default): a run directory written before a key existed resumes when it has this value.
 LEGACY_DEFAULTS = {'init': 'flax', 'drop_connect': 0.2, 'normalization': 'computed', 'barrier.reestimate': 'average'}
+CONV_IMPLS = ('auto', 'onednn', 'onednn_direct', 'xla', 'lax')  # = conv.IMPLS (aws_jax/conv.py says what each is)
 
 # Keys that may change between two invocations on the same workdir: they pick what to run, not what a run is.
 RERUN_KEYS = ('stage', 'study.methods', 'study.starts', 'study.source_rounds', 'study.seeds', 'data_workers',
@@ -105,6 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.study.seeds = (2, 3, 4)          # one final training per (method, start, round, seed)
 
   config.compute_dtype = 'float32'  # 'bfloat16' on TPU/GPU: forward/backward in bf16, params and state float32
+  config.conv = 'auto'              # convolutions on CPU: 'onednn' (Winograd where it suits), 'onednn_direct', 'xla',
+                                    # 'lax' (plain ops, as on GPU/TPU), 'auto' (oneDNN where built, else 'xla')
   config.mesh = ml_collections.ConfigDict()  # devices: the global batch is split over all of them
   config.mesh.fsdp = 1              # > 1: also split params and optimizer state over this many devices (FSDP)
 
@@ -141,6 +144,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _one_of(config, 'optimizer.name', OPTIMIZERS)
   _one_of(config, 'final.schedule', SCHEDULES)
   _one_of(config, 'compute_dtype', COMPUTE_DTYPES)
+  _one_of(config, 'conv', CONV_IMPLS)
   _one_of(config, 'final.seeds_at_once', SEEDS_AT_ONCE)
   _one_of(config, 'init', INITS)
   _one_of(config, 'normalization', NORMALIZATIONS)

@@ -1,25 +1,36 @@
 """Convolution and pooling in the forms XLA:CPU runs fast; every other backend gets plain `lax` ops.
 
-What runs where on XLA:CPU (jaxlib 0.10), each numerically equal to the plain op (tests/test_conv.py,
-tests/test_onednn.py):
-- `conv_general_dilated`: float32 NHWC convolutions go to oneDNN (`aws_jax.onednn`) where it is built: 1.2–3×
-  faster than XLA's forward and backward on these models' layers (ResNet-20: 392 → 291 ms a step), except output
-  maps of at most `ONEDNN_IM2COL_MAX_PIXELS` pixels (VGG's 2×2 stage), where an im2col matmul is faster. Where
-  `winograd_suits` (3×3 at stride 1, ≥ 32 channels, maps ≥ 4×4, enough 4×4 tiles), by Winograd's algorithm:
-  2–2.4× faster than direct on VGG-16's layers at batch 128 (VGG-16: 1156 → 697 ms a step), as accurate, rounded
-  differently (`USE_WINOGRAD`; `AWS_JAX_WINOGRAD=0` sets it False).
-- Without oneDNN (`USE_ONEDNN` False, or not buildable): a 3×3 convolution on a small map runs at a few GFLOP/s in
+Which convolutions a jitted function runs is an explicit choice, `impl`, one of IMPLS:
+- 'onednn': float32 NHWC convolutions go to oneDNN (`aws_jax.onednn`): 1.2–3× faster than XLA's forward and
+  backward on these models' layers, except output maps of at most `ONEDNN_IM2COL_MAX_PIXELS` pixels (VGG's 2×2
+  stage), where an im2col matmul is faster. Where `winograd_suits` (3×3 at stride 1, ≥ 32 channels, maps ≥ 4×4,
+  enough 4×4 tiles), by Winograd's algorithm: 2–2.4× faster than direct on VGG-16's layers, as accurate, rounded
+  differently. 'onednn_direct': oneDNN without Winograd.
+- 'xla': XLA's own convolutions in the forms below. A 3×3 convolution on a small map runs at a few GFLOP/s in
   XLA, so output maps of at most `IM2COL_MAX_PIXELS` pixels are one matmul over extracted patches (im2col), and so
   are 1×1 convolutions; for inputs of at most `MATERIALIZE_MAX_CHANNELS` channels, the backward pass reads the input
   from an exact identity matmul, so that XLA does not recompute the forward's BatchNorm/ReLU/residual chain inside
-  the kernel gradient's transposes (ResNet-20: 565 → 412 ms a step).
+  the kernel gradient's transposes.
+- 'lax': plain `lax.conv_general_dilated` (what GPUs and TPUs always get; XLA counts its FLOPs).
+- 'auto' (the default): 'onednn' on a single CPU device where oneDNN is built, else 'xla' on CPU, 'lax' elsewhere.
+Overrides from the environment: `AWS_JAX_ONEDNN=0` turns 'auto' and 'onednn' into 'xla'; `AWS_JAX_WINOGRAD=0`
+turns 'onednn' into 'onednn_direct'. Off CPU every choice is 'lax'; oneDNN is float32 on one device only.
+
+`using(impl, fn)` is `fn` traced under that choice: a new function, so `jax.jit(using('xla', step))` and
+`jax.jit(using('onednn', step))` are two jitted functions that never share a compilation (config key `conv`).
+`implementation(impl)` is the same as a context manager, for code that traces inside it.
+
+Also, whatever the choice:
 - `compiler_options()`, for `jax.jit` of model code: XLA:CPU hands convolutions to YNNPACK by default, whose
   3×3 convolutions ran 2–2.5× slower forward and backward than XLA's own (Eigen); this takes convolutions back
   from YNNPACK and leaves it the dots and reductions, where it is faster.
 - `max_pool`: a window-equals-stride max-pool is a maximum over strided slices; its gradient is elementwise,
   where `nn.max_pool`'s select-and-scatter gradient became index arrays and a scatter (8× slower).
 Models get these through `aws_jax.models.Conv` and `max_pool`; the trainer's `jax.jit`s pass `compiler_options()`.
+Measured speeds: README, "Speed".
 """
+import contextlib
+import contextvars
 import functools
 import itertools
 import os
@@ -30,11 +41,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from aws_jax import config as config_lib
 from aws_jax import onednn
+from aws_jax.errors import UserError
 
-USE_ONEDNN = True
+IMPLS = config_lib.CONV_IMPLS
+_IMPL = contextvars.ContextVar('aws_jax_conv_impl', default='auto')
 ONEDNN_IM2COL_MAX_PIXELS = 4
-USE_WINOGRAD = os.environ.get('AWS_JAX_WINOGRAD', '1') != '0'
 IM2COL_MAX_PIXELS = 16
 MATERIALIZE_MAX_CHANNELS = 64
 # YNNPACK's share of XLA:CPU's work: its default (individual_dot, individual_convolution, reduce) less convolutions.
@@ -62,20 +75,71 @@ def _explicit_padding(padding, in_shape, kernel_shape, strides):
   return tuple(tuple(p) for p in padding)
 
 
+def validate(impl: str) -> str:
+  """`impl` itself if it is one of IMPLS, else a UserError naming the choices."""
+  if impl not in IMPLS:
+    raise UserError(f'convolution implementation {impl!r} is not one of {", ".join(IMPLS)}')
+  return impl
+
+
+@contextlib.contextmanager
+def implementation(impl: str):
+  """Within this context, `conv_general_dilated` traces the convolutions of `impl` (one of IMPLS).
+
+  It acts at trace time: a function jitted and traced once keeps the choice it was traced under. Prefer
+  `using(impl, fn)`, which makes that choice part of the function.
+  """
+  token = _IMPL.set(validate(impl))
+  try:
+    yield
+  finally:
+    _IMPL.reset(token)
+
+
+def using(impl: str, fn):
+  """`fn` whose every call (hence every trace) runs under `implementation(impl)`: a new function, so jitting it
+  gives a jitted function of its own, which shares no compilation with one traced under another choice."""
+  validate(impl)
+
+  @functools.wraps(fn)
+  def traced_with_choice(*args, **kwargs):
+    with implementation(impl):
+      return fn(*args, **kwargs)
+
+  return traced_with_choice
+
+
+def resolve(impl: str | None = None) -> str:
+  """The convolutions `impl` (default: the current choice) gives here: 'onednn', 'onednn_direct', 'xla' or
+  'lax', after 'auto', the backend, the device count, oneDNN's availability and the environment's overrides."""
+  impl = validate(_IMPL.get() if impl is None else impl)
+  if jax.default_backend() != 'cpu':
+    return 'lax'
+  if impl in ('auto', 'onednn', 'onednn_direct'):
+    if jax.device_count() != 1 or not onednn.available():  # XLA can't split a custom call over a mesh
+      return 'xla'
+    if impl == 'onednn_direct' or os.environ.get('AWS_JAX_WINOGRAD', '1') == '0':
+      return 'onednn_direct'
+    return 'onednn'
+  return impl
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated`; on CPU, plain NHWC convolutions go to oneDNN, or, without it, those of small
-  output maps and 1×1 ones to `im2col_conv`, and those of few input channels keep their input for the backward
-  pass in a buffer of its own."""
-  plain = (lhs.ndim == 4 and feature_group_count == 1 and not kwargs
+  """`lax.conv_general_dilated`, by the convolutions `resolve()` names: plain NHWC float32 convolutions go to
+  oneDNN, or with 'xla', those of small output maps and 1×1 ones to `im2col_conv`, and those of few input
+  channels keep their input for the backward pass in a buffer of its own."""
+  impl = resolve()
+  plain = (impl != 'lax' and lhs.ndim == 4 and feature_group_count == 1 and not kwargs
            and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
   pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], window_strides) if plain else ()
-  if plain and jax.default_backend() == 'cpu' and min(map(min, pads)) >= 0:  # negative padding crops: lax's
+  if plain and min(map(min, pads)) >= 0:  # negative padding crops: lax's
     out_h = (lhs.shape[1] + sum(pads[0]) - rhs.shape[0]) // window_strides[0] + 1
     out_w = (lhs.shape[2] + sum(pads[1]) - rhs.shape[1]) // window_strides[1] + 1
-    if out_h * out_w > ONEDNN_IM2COL_MAX_PIXELS and _use_onednn(lhs, rhs):
-      winograd = USE_WINOGRAD and winograd_suits(lhs.shape, rhs.shape, window_strides, (out_h, out_w))
+    onednn_suits = lhs.dtype == rhs.dtype == jnp.float32 and out_h * out_w > ONEDNN_IM2COL_MAX_PIXELS
+    if impl.startswith('onednn') and onednn_suits:
+      winograd = impl == 'onednn' and winograd_suits(lhs.shape, rhs.shape, window_strides, (out_h, out_w))
       return onednn.conv(lhs, rhs, window_strides, pads, winograd=winograd)
     if out_h * out_w <= IM2COL_MAX_PIXELS or rhs.shape[:2] == (1, 1):
       return im2col_conv(lhs, rhs, window_strides, pads)
@@ -85,12 +149,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                             dimension_numbers=dimension_numbers, precision=precision))(lhs, rhs)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                   dimension_numbers, feature_group_count, precision=precision, **kwargs)
-
-
-def _use_onednn(lhs, rhs) -> bool:
-  """oneDNN for float32 on one device: XLA can't split a custom call over a mesh, it would gather the batch."""
-  return (USE_ONEDNN and lhs.dtype == rhs.dtype == jnp.float32 and jax.device_count() == 1
-          and onednn.available())
 
 
 def winograd_suits(in_shape, kernel_shape, strides, out_hw) -> bool:

@@ -53,10 +53,11 @@ class Setup:
     return self._compiled[key]
 
   def train_step(self, tx, aws: bool) -> Callable:
-    """The pure train step for this model and data (not compiled)."""
+    """The pure train step for this model and data (not compiled), traced with the convolutions `config.conv`."""
     make_step = train.make_batch_step if self.streamed else train.make_train_step
-    return make_step(self.model, tx, aws=aws, is_norm=self.is_norm, augmentation=self.dataset.augmentation,
-                     mean=self.dataset.mean, std=self.dataset.std, compute_dtype=self.config.compute_dtype)
+    return conv.using(self.config.conv, make_step(
+        self.model, tx, aws=aws, is_norm=self.is_norm, augmentation=self.dataset.augmentation,
+        mean=self.dataset.mean, std=self.dataset.std, compute_dtype=self.config.compute_dtype))
 
   def step(self, schedule: str, epochs: int, aws: bool, seeds: int = 1) -> Callable:
     """The train step compiled for the mesh, state donated: one seed's state, or `seeds` states stacked (vmapped,
@@ -183,5 +184,5 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
                test_images=on_every_device(getattr(dataset, 'test_images', None)),
                test_labels=on_every_device(getattr(dataset, 'test_labels', None)),
                is_norm=pruning.norm_leaves(params), prunable=pruning.prunable_leaves(params, config.prune.exclude),
-               eval_step=jax.jit(eval_step, out_shardings=sharding.replicated(mesh),
+               eval_step=jax.jit(conv.using(config.conv, eval_step), out_shardings=sharding.replicated(mesh),
                                  compiler_options=conv.compiler_options()), mesh=mesh)

@@ -50,19 +50,39 @@ def _build() -> pathlib.Path:
 
 
 @functools.cache
-def available() -> bool:
-  """Whether the oneDNN convolutions are built and registered (CPU backend only)."""
+def load() -> ctypes.CDLL | None:
+  """The compiled library, its FFI targets registered; None where off, not on CPU, or not buildable (logged)."""
   if os.environ.get('AWS_JAX_ONEDNN', '1') == '0' or jax.default_backend() != 'cpu':
-    return False
+    return None
   try:
     library = ctypes.cdll.LoadLibrary(str(_build()))
   except OSError as e:  # no compiler, no oneDNN headers, a failed compile
     logging.warning('aws_jax: oneDNN convolutions unavailable (%s), so XLA runs them (slower on CPU); '
                     '`apt-get install libdnnl-dev g++` enables them.', e)
-    return False
+    return None
   for target, symbol in _TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
-  return True
+  return library
+
+
+def available() -> bool:
+  """Whether the oneDNN convolutions are built and registered (CPU backend only)."""
+  return load() is not None
+
+
+
+class _Version(ctypes.Structure):
+  _fields_ = [('major', ctypes.c_int), ('minor', ctypes.c_int), ('patch', ctypes.c_int), ('hash', ctypes.c_char_p)]
+
+
+def version() -> str | None:
+  """The linked oneDNN's version, e.g. '2.6.3'; None where `available()` is False."""
+  library = load()
+  if library is None:
+    return None
+  library.dnnl_version.restype = ctypes.POINTER(_Version)
+  found = library.dnnl_version().contents
+  return f'{found.major}.{found.minor}.{found.patch}'
 
 
 def _call(target: str, shape, *operands, window, winograd):

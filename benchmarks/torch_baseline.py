@@ -30,7 +30,10 @@ VGG_PLANS = {
     'vgg16': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M'),
     'vgg19': (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512, 'M'),
 }
-RESNETS = ('resnet20', 'resnet50')
+RESNETS = ('resnet20', 'resnet56', 'resnet50')
+# MobileNetV2 (CIFAR, kuangliu's pytorch-cifar): (expansion, width, blocks, stride); stride 1 in the stem and stage 2.
+MOBILENETV2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                      (6, 320, 1, 1))
 
 
 class MaskedConv(nn.Conv2d):
@@ -116,12 +119,13 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  """CIFAR ResNets (3×3 stem at stride 1): resnet20, 3 stages of 3 basic blocks; resnet50, bottlenecks 3-4-6-3."""
+  """CIFAR ResNets (3×3 stem at stride 1): resnet20 / resnet56, 3 stages of 3 / 9 basic blocks; resnet50,
+  bottlenecks 3-4-6-3."""
 
   def __init__(self, depth: int, num_classes: int):
     super().__init__()
-    if depth == 20:
-      block, widths, counts = BasicBlock, (16, 32, 64), (3, 3, 3)
+    if depth != 50:
+      block, widths, counts = BasicBlock, (16, 32, 64), ((depth - 2) // 6,) * 3
     else:
       block, widths, counts = Bottleneck, (64, 128, 256, 512), (3, 4, 6, 3)
     channels = widths[0]
@@ -138,15 +142,54 @@ class ResNet(nn.Module):
     return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1), 1))
 
 
+class InvertedResidual(nn.Module):
+  """1×1 expansion (even at expansion 1), 3×3 depthwise, linear 1×1 projection; a shortcut on stride-1 blocks (a
+  1×1 conv + BatchNorm where the width changes)."""
+
+  def __init__(self, cin: int, expansion: int, width: int, stride: int):
+    super().__init__()
+    channels = expansion * cin
+    self.c1, self.b1 = conv_bn(cin, channels, 1)
+    self.c2, self.b2 = MaskedConv(channels, channels, 3, stride, 1, groups=channels, bias=False), InterpBN(channels)
+    self.c3, self.b3 = conv_bn(channels, width, 1)
+    self.stride = stride
+    self.short = shortcut(cin, width, 1) if stride == 1 else None
+
+  def forward(self, x):
+    y = F.relu(self.b1(self.c1(x)))
+    y = F.relu(self.b2(self.c2(y)))
+    y = self.b3(self.c3(y))
+    return y if self.short is None else y + self.short(x)
+
+
+class MobileNetV2(nn.Module):
+  """MobileNetV2 for 32×32 inputs: a 3×3 stem of 32, MOBILENETV2_STAGES, a 1×1 conv to 1280, one dense layer."""
+
+  def __init__(self, num_classes: int):
+    super().__init__()
+    layers, channels = [*conv_bn(3, 32, 3, 1, 1), nn.ReLU(inplace=True)], 32
+    for expansion, width, count, stride in MOBILENETV2_STAGES:
+      for index in range(count):
+        layers.append(InvertedResidual(channels, expansion, width, stride if index == 0 else 1))
+        channels = width
+    self.features = nn.Sequential(*layers, *conv_bn(channels, 1280, 1), nn.ReLU(inplace=True))
+    self.fc = nn.Linear(1280, num_classes)
+
+  def forward(self, x):
+    return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
 def build(name: str, num_classes: int) -> nn.Module:
   if name in VGG_PLANS:
     return VGG(VGG_PLANS[name], num_classes)
+  if name == 'mobilenetv2':
+    return MobileNetV2(num_classes)
   return ResNet(int(name.removeprefix('resnet')), num_classes)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--model', default='resnet20', choices=sorted(VGG_PLANS) + list(RESNETS))
+  parser.add_argument('--model', default='resnet20', choices=sorted(VGG_PLANS) + list(RESNETS) + ['mobilenetv2'])
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--image', type=int, default=32, help='image side in pixels')
   parser.add_argument('--classes', type=int, default=10)
@@ -156,6 +199,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--aws', action=argparse.BooleanOptionalAction, default=True,
                       help='blend BatchNorm affine parameters toward (1, 0) by one random alpha per step')
   parser.add_argument('--sparsity', type=float, default=0.0, help='fraction of each kernel masked to zero')
+  parser.add_argument('--device', default='cpu', help="'cuda' for the GPU (torch with CUDA)")
   return parser.parse_args(argv)
 
 
@@ -165,15 +209,16 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   random.seed(0)
-  model = build(args.model, args.classes).train()
+  model = build(args.model, args.classes).to(args.device).train()
   convs = [m for m in model.modules() if isinstance(m, MaskedConv)]
   norms = [m for m in model.modules() if isinstance(m, InterpBN)]
   if args.sparsity:
     for conv in convs:
       conv.mask.copy_((torch.rand_like(conv.mask) >= args.sparsity).float())
   optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-  images = torch.randn(args.batch, 3, args.image, args.image)
-  labels = torch.randint(0, args.classes, (args.batch,))
+  images = torch.randn(args.batch, 3, args.image, args.image).to(args.device)
+  labels = torch.randint(0, args.classes, (args.batch,)).to(args.device)
+  synchronize = torch.cuda.synchronize if args.device.startswith('cuda') else lambda: None
 
   ms = []
   for step in range(args.warmup + args.steps):
@@ -185,6 +230,7 @@ def main(argv=None):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    synchronize()
     if step >= args.warmup:
       ms.append((time.perf_counter() - start) * 1e3)
 

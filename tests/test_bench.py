@@ -3,11 +3,11 @@ import json
 import os
 import subprocess
 import sys
-import types
-
 import pytest
 
 from conftest import REPO
+
+TORCH_BASELINE = os.path.join(REPO, 'benchmarks', 'torch_baseline.py')
 
 # The one JSON line of benchmarks/torch_baseline.py, key for key as the authors'-way reference script prints it.
 TORCH_KEYS = {'framework', 'version', 'model', 'batch', 'image', 'classes', 'aws', 'threads', 'params',
@@ -20,8 +20,11 @@ def test_bench_smoke_prints_every_figure():
   assert result.returncode == 0, result.stderr[-3000:]
   figures = json.loads(result.stdout.strip().splitlines()[-1])
   step = figures['steps'][0]
-  for key in ('compile_s', 'ms_per_step_median', 'gflops_achieved', 'masking_share', 'share_of_matmul_peak'):
+  for key in ('compile_s', 'ms_per_step_median', 'ms_per_step_without_masks', 'gflops_achieved',
+              'share_of_matmul_peak'):
     assert step[key] > 0, key
+  assert step['masking_ms'] == round(step['ms_per_step_median'] - step['ms_per_step_without_masks'], 2)
+  assert step['convolutions'] == figures['convolutions']
   assert figures['matmul_peak']['gflops'] > 0
   assert figures['aws_overhead']['ms_lrr'] > 0
   assert figures['stage']['train_step_compilations'] == 1
@@ -30,14 +33,55 @@ def test_bench_smoke_prints_every_figure():
   assert all(s['vmapped_images_per_s'] > 0 and s['sequential_images_per_s'] > 0 for s in figures['seeds'])
 
 
-def test_torch_baseline_prints_what_bench_reads(monkeypatch):
-  """bench.torch_figures runs the in-repo PyTorch baseline (its default --torch_script) and reads its JSON line."""
+def test_help_imports_nothing_heavy():
+  """`python -m aws_jax.bench --help` answers at once: importing the command loads neither JAX nor the models."""
+  code = 'import sys, aws_jax.bench; print(sorted({"jax", "flax", "aws_jax.models"} & set(sys.modules)))'
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, check=True)
+  assert result.stdout.strip() == '[]'
+  result = subprocess.run([sys.executable, '-m', 'aws_jax.bench', '--help'], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 0 and '--conv' in result.stdout
+
+
+def test_step_without_masks_is_the_same_step_with_the_masks_folded_away():
+  """The in-step masking figure compares like with like: without masks, the program has no masking selects left,
+  and from a full mask both programs compute the same step."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from aws_jax import models, pruning, speed, train  # pylint: disable=import-outside-toplevel
+  model = models.create_model('small_cnn', 10)
+  tx = train.make_optimizer('sgd', 0.1, 0.9, 5e-4)
+  params, batch_stats = train.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  state = train.create_state(params, batch_stats, pruning.full_mask(params), params, tx, jax.random.PRNGKey(1))
+  step = train.make_train_step(model, tx, aws=True, is_norm=pruning.norm_leaves(params), augmentation='none',
+                               mean=np.zeros(1, np.float32), std=np.ones(1, np.float32))
+  images = np.random.default_rng(0).standard_normal((8, 8, 8, 1), np.float32)
+  labels, indices = np.arange(8) % 10, np.arange(8)
+  hlo = {name: jax.jit(fn).lower(state, images, labels, indices).compile().as_text()
+         for name, fn in (('masked', step), ('unmasked', speed.without_masks(step)))}
+  assert hlo['masked'].count(' select(') > hlo['unmasked'].count(' select(')
+  (masked, _), (unmasked, _) = (jax.jit(fn)(state, images, labels, indices) for fn in (step, speed.without_masks(step)))
+  jax.tree.map(np.testing.assert_array_equal, masked, unmasked)
+
+
+@pytest.mark.parametrize('model', ['resnet20', 'resnet56', 'mobilenetv2'])
+def test_torch_baseline_has_aws_jax_networks(model):
+  """The PyTorch baseline's networks have as many parameters as aws_jax's of the same name."""
   pytest.importorskip('torch')
-  from aws_jax import bench  # pylint: disable=import-outside-toplevel
-  script = bench._TORCH_SCRIPT.default  # pylint: disable=protected-access
-  assert os.path.samefile(script, os.path.join(REPO, 'benchmarks', 'torch_baseline.py'))
-  monkeypatch.setattr(bench, '_TORCH_SCRIPT', types.SimpleNamespace(value=script))  # no absl flag parsing here
-  figures = bench.torch_figures('resnet20', batch=2, image=8, classes=10, steps=1, sparsity=0.5, aws=True)
+  import jax  # pylint: disable=import-outside-toplevel
+  from aws_jax import models, speed, train  # pylint: disable=import-outside-toplevel
+  params, _ = train.init_variables(models.create_model(model, 10), jax.random.PRNGKey(0), (32, 32, 3))
+  figures = speed.torch_figures(TORCH_BASELINE, model, batch=2, image=8, classes=10, steps=1, sparsity=0.0,
+                                aws=False)
+  assert figures['params'] == models.count_params(params)
+
+
+def test_torch_baseline_prints_what_bench_reads():
+  """speed.torch_figures runs the in-repo PyTorch baseline (bench's default --torch_script), reads its JSON line."""
+  pytest.importorskip('torch')
+  from aws_jax import bench, speed  # pylint: disable=import-outside-toplevel
+  assert os.path.samefile(bench._TORCH_SCRIPT.default, TORCH_BASELINE)  # pylint: disable=protected-access
+  figures = speed.torch_figures(TORCH_BASELINE, 'resnet20', batch=2, image=8, classes=10, steps=1, sparsity=0.5,
+                                aws=True)
   assert set(figures) == TORCH_KEYS
   assert figures['framework'] == 'torch' and figures['version']  # compared() reads the version ...
   assert figures['ms_per_step_median'] > 0                        # ... and the median

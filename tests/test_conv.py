@@ -14,11 +14,13 @@ from jax import lax
 from conftest import assert_same_values_and_gradients
 
 from aws_jax import conv, models
+from aws_jax.errors import UserError
 
 
 @pytest.fixture(name='without_onednn')
-def fixture_without_onednn(monkeypatch):
-  monkeypatch.setattr(conv, 'USE_ONEDNN', False)
+def fixture_without_onednn():
+  with conv.implementation('xla'):
+    yield
 
 
 @pytest.mark.parametrize('size, kernel, strides, padding, cin, cout', [
@@ -135,3 +137,29 @@ def test_compiler_options_fall_back_to_xla_defaults_when_refused(monkeypatch):
     assert conv.compiler_options() is None
   finally:
     conv.compiler_options.cache_clear()
+
+
+def test_using_makes_the_choice_part_of_the_function():
+  """Two choices of the same function jit to two programs: the one traced first doesn't leak into the other."""
+  x, k = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
+  layer = lambda x, k: conv.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  kernel_grad = lambda x, k: jax.grad(lambda k: jnp.sum(layer(x, k) ** 2))(k)
+  hlo = lambda impl: jax.jit(conv.using(impl, kernel_grad)).lower(x, k).as_text()
+  assert 'convolution' in hlo('lax') and 'dot_general' not in hlo('lax')
+  assert 'dot_general' in hlo('xla')  # few channels: the input kept for the backward pass by an identity matmul
+  assert conv.resolve('auto') in ('onednn', 'xla')  # tests run on one CPU device
+  with conv.implementation('lax'):
+    assert conv.resolve() == 'lax'
+    assert conv.resolve('xla') == 'xla'
+  assert conv.resolve() == conv.resolve('auto')
+
+
+def test_environment_overrides_the_choice(monkeypatch):
+  monkeypatch.setenv('AWS_JAX_WINOGRAD', '0')
+  assert conv.resolve('onednn') in ('onednn_direct', 'xla')  # 'xla' where oneDNN is off or unbuilt
+  assert conv.resolve('xla') == 'xla'
+
+
+def test_unknown_choice_is_a_user_error():
+  with pytest.raises(UserError, match='not one of auto, onednn'):
+    conv.using('cudnn', jnp.negative)

@@ -117,14 +117,14 @@ def test_models_use_onednn_except_on_tiny_maps():
 
 
 @needs_onednn
-def test_models_ask_for_winograd_where_it_suits(monkeypatch):
+def test_models_ask_for_winograd_where_it_suits():
   x = jnp.zeros((8, 8, 8, 32))
   hlo = lambda layer: jax.jit(layer.apply).lower(layer.init(jax.random.PRNGKey(0), x), x).as_text()
   assert 'winograd = true' in hlo(models.Conv(32, (3, 3)))
   assert 'winograd = false' in hlo(models.Conv(32, (3, 3), strides=(2, 2)))
   assert 'winograd = false' in hlo(models.Conv(16, (3, 3)))
-  monkeypatch.setattr(conv, 'USE_WINOGRAD', False)
-  assert 'winograd = false' in hlo(models.Conv(32, (3, 3)))
+  with conv.implementation('onednn_direct'):
+    assert 'winograd = false' in hlo(models.Conv(32, (3, 3)))
 
 
 @pytest.mark.parametrize('in_shape, kernel, strides, out_hw, suits', [
@@ -141,7 +141,7 @@ def test_winograd_suits(in_shape, kernel, strides, out_hw, suits):
 
 
 @needs_onednn
-def test_model_step_matches_xla_convolutions(monkeypatch):
+def test_model_step_matches_xla_convolutions():
   """A ResNet-20 loss and gradients with oneDNN's convolutions (Winograd's on 32 and 64 channels) equal those with
   XLA's. XLA runs independent custom calls at once on its threads: oneDNN's shared scratchpad crashed here."""
   model = models.create_model('resnet20', 10)
@@ -155,8 +155,8 @@ def test_model_step_matches_xla_convolutions(monkeypatch):
     return jax.jit(jax.value_and_grad(loss))(variables['params'])
 
   ours = loss_and_grads()
-  monkeypatch.setattr(conv, 'USE_ONEDNN', False)
-  plain = loss_and_grads()
+  with conv.implementation('xla'):
+    plain = loss_and_grads()
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-5), ours, plain)
 
 
@@ -164,7 +164,7 @@ def test_unbuildable_onednn_falls_back_to_xla(monkeypatch, tmp_path):
   """No compiler or no oneDNN headers: available() is False, and conv_general_dilated runs XLA's convolution."""
   monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
   monkeypatch.setenv('AWS_JAX_CACHE', str(tmp_path))
-  onednn.available.cache_clear()
+  onednn.load.cache_clear()
   try:
     assert not onednn.available()
     x, k = jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 2))
@@ -172,7 +172,7 @@ def test_unbuildable_onednn_falls_back_to_xla(monkeypatch, tmp_path):
         x, k, (1, 1), 'SAME', None, None, DN).as_text()
     assert 'convolution' in text and 'aws_onednn' not in text
   finally:
-    onednn.available.cache_clear()
+    onednn.load.cache_clear()
 
 
 @needs_build
@@ -183,3 +183,23 @@ def test_build_is_cached_by_content(monkeypatch, tmp_path):
   assert first.parent == tmp_path and first.exists()
   monkeypatch.setattr(onednn.subprocess, 'run', lambda *args, **kwargs: pytest.fail('compiled again'))
   assert onednn._build() == first  # pylint: disable=protected-access
+
+
+@needs_onednn
+def test_each_choice_jits_its_own_convolutions():
+  x, k = jnp.ones((8, 8, 8, 32)), jnp.ones((3, 3, 32, 32))
+  layer = lambda x, k: conv.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=DN)
+  hlo = {impl: jax.jit(conv.using(impl, layer)).lower(x, k).as_text() for impl in conv.IMPLS}
+  assert 'aws_onednn_conv_forward' in hlo['auto'] and 'winograd = true' in hlo['auto']
+  assert hlo['onednn'] == hlo['auto']
+  assert 'aws_onednn_conv_forward' in hlo['onednn_direct'] and 'winograd = false' in hlo['onednn_direct']
+  assert 'aws_onednn' not in hlo['xla'] and 'aws_onednn' not in hlo['lax']
+
+
+def test_onednn_turned_off_by_the_environment_means_xla(monkeypatch):
+  monkeypatch.setenv('AWS_JAX_ONEDNN', '0')
+  onednn.load.cache_clear()
+  try:
+    assert conv.resolve('onednn') == conv.resolve('auto') == 'xla'
+  finally:
+    onednn.load.cache_clear()

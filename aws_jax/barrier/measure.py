@@ -127,8 +127,14 @@ def path_data(train_images, test_images, test_labels, mean, std, *, batch_size: 
                   augmentation=augmentation)
 
 
-def _path_metrics(model, alphas, variables_a, variables_b, data: PathData, chunk: int):
-  """(test loss sum, correct count) of θ(α) for each of `alphas`, vmapped over `chunk` points at a time."""
+def _path_metrics(model, alphas, variables_a, variables_b, data: PathData, chunk: int, impl: str):
+  """(test loss sum, correct count) of θ(α) for each of `alphas`, vmapped over `chunk` points at a time, traced with
+the convolutions `impl` (`conv.IMPLS`)."""
+  with conv.implementation(impl):
+    return _path_points(model, alphas, variables_a, variables_b, data, chunk)
+
+
+def _path_points(model, alphas, variables_a, variables_b, data: PathData, chunk: int):
   eval_step = train.make_eval_step(model, data.mean, data.std)
 
   def at(alpha):
@@ -152,7 +158,7 @@ def _path_metrics(model, alphas, variables_a, variables_b, data: PathData, chunk
 @functools.cache
 def _jitted_path_metrics():
   """`_path_metrics` jitted once, with the backend's compiler options (known only once JAX has started)."""
-  return jax.jit(_path_metrics, static_argnums=(0, 5), compiler_options=conv.compiler_options())
+  return jax.jit(_path_metrics, static_argnums=(0, 5, 6), compiler_options=conv.compiler_options())
 
 
 def default_chunk(points: int) -> int:
@@ -164,7 +170,7 @@ def default_chunk(points: int) -> int:
   return 1 if jax.default_backend() == 'cpu' else points
 
 
-def path_metrics(model, variables_a, variables_b, data: PathData, alphas, chunk: int = 0):
+def path_metrics(model, variables_a, variables_b, data: PathData, alphas, chunk: int = 0, impl: str = 'auto'):
   """(test loss sums, correct counts) along `alphas`, in one jitted call vectorised over `chunk` points at a time.
 
   `chunk` 0 is `default_chunk`; if the device runs out of memory the chunk is halved and the call repeated.
@@ -172,11 +178,12 @@ def path_metrics(model, variables_a, variables_b, data: PathData, alphas, chunk:
   alphas = jnp.asarray(alphas, jnp.float32)
   chunk = min(chunk or default_chunk(alphas.size), alphas.size)
   try:
-    loss, correct = jax.device_get(_jitted_path_metrics()(model, alphas, variables_a, variables_b, data, chunk))
+    loss, correct = jax.device_get(_jitted_path_metrics()(model, alphas, variables_a, variables_b, data, chunk,
+                                                          impl))
   except jax.errors.JaxRuntimeError as e:
     if 'RESOURCE_EXHAUSTED' not in str(e) or chunk == 1:
       raise
-    return path_metrics(model, variables_a, variables_b, data, alphas, chunk // 2)
+    return path_metrics(model, variables_a, variables_b, data, alphas, chunk // 2, impl)
   return np.asarray(loss, np.float64), np.asarray(correct, np.float64)
 
 
@@ -192,7 +199,7 @@ def barrier(test_error) -> float:
 
 
 def error_curve(model, variables_a, variables_b, data: PathData, points: int = 11, chunk: int = 0,
-                end: tuple[float, float] | None = None) -> dict:
+                end: tuple[float, float] | None = None, impl: str = 'auto') -> dict:
   """Test error (%) and loss of θ(α) = α·θ_a + (1 − α)·θ_b for α = 0, 1/(points−1), …, 1, the curve, the barrier.
 
   `variables_*` are Flax variables, {'params': …, 'batch_stats': …} (statistics may be {}); they must match
@@ -200,7 +207,7 @@ def error_curve(model, variables_a, variables_b, data: PathData, points: int = 1
   caller has already measured network a as this path would (its statistics re-estimated on the same batches).
   """
   alphas = np.linspace(0, 1, points)
-  loss, correct = path_metrics(model, variables_a, variables_b, data, alphas[:-1] if end else alphas, chunk)
+  loss, correct = path_metrics(model, variables_a, variables_b, data, alphas[:-1] if end else alphas, chunk, impl)
   if end:
     loss, correct = np.append(loss, end[0]), np.append(correct, end[1])
   n = data.test_labels.shape[0]
@@ -238,12 +245,12 @@ def variables(state: train.TrainState) -> dict:
 
 
 def psi_reset_curve(model, state: train.TrainState, is_norm: PyTree, data: PathData, points: int = 11,
-                    chunk: int = 0, end: tuple[float, float] | None = None) -> dict:
+                    chunk: int = 0, end: tuple[float, float] | None = None, impl: str = 'auto') -> dict:
   """The path from the network with ψ reset to its initial value (α = 0) to the network itself (α = 1; `end`, its
   test loss sum and correct count, where already measured)."""
   reset = pruning.reset_norm(state.params, state.init_params, is_norm)
   return error_curve(model, variables(state), {'params': reset, 'batch_stats': state.batch_stats}, data, points,
-                     chunk, end)
+                     chunk, end, impl)
 
 
 # --- Checkpoints: what `python -m aws_jax.barrier` compares. ----------------------------------------------------
@@ -303,7 +310,7 @@ def compare(setup, workdir: str, *, preset: str | None = None, a: str | None = N
   from aws_jax import analyses  # pylint: disable=import-outside-toplevel  # it builds on this module
   data = analyses.path_data(setup)
   curve = error_curve(setup.model, variables(state_a), variables(state_b), data, setup.config.barrier.points,
-                      setup.config.barrier.chunk)
+                      setup.config.barrier.chunk, impl=setup.config.conv)
   method = (_workdir_config(workdir).get('method') or setup.config.method).upper()
   return {'name': name, 'label': f'{method} {label}' if preset else label, 'a': name_a, 'b': name_b,
           'a_recorded_test_accuracy': summary_a.get('test_accuracy'),
