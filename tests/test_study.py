@@ -151,6 +151,25 @@ def test_fashion_mnist_config():
   assert command == 'python -m aws_jax.study --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist_study'
 
 
+def test_fashion_mnist_paper_preset():
+  """The paper preset holds what the paper's argument needs: at most 5 % of the weights, AWS and LRR, >= 3 seeds,
+  the starts signed, signed_keep_norm, mask, retrain (the LMC reference) and dense, and both barriers."""
+  sys.path.insert(0, os.path.join(REPO, 'configs'))
+  try:
+    import fashion_mnist  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  config = fashion_mnist.get_config('paper')
+  study.validate(config)
+  assert (1 - config.prune.fraction) ** config.prune.rounds <= 0.05
+  assert tuple(config.study.methods) == ('aws', 'lrr') and len(config.study.seeds) >= 3
+  assert config.barrier.lmc and config.barrier.sgd_noise and config.barrier.psi_reset
+  trained = {start for _, starts in study.plan(config)['aws'] for start in starts}
+  assert trained == {'signed', 'signed_keep_norm', 'mask', 'retrain', 'dense'}
+  with pytest.raises(ValueError, match='unknown preset'):
+    fashion_mnist.get_config('nope')
+
+
 def test_import_is_light():
   """The command line answers a bad grid before JAX, matplotlib or SciPy load."""
   code = 'import sys, aws_jax.study; print(sorted({"jax", "matplotlib", "scipy"} & set(sys.modules)))'
