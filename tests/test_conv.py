@@ -163,3 +163,18 @@ def test_environment_overrides_the_choice(monkeypatch):
 def test_unknown_choice_is_a_user_error():
   with pytest.raises(UserError, match='not one of auto, onednn'):
     conv.using('cudnn', jnp.negative)
+
+
+@pytest.mark.parametrize('size, strides, padding', [(8, 1, ((1, 1), (1, 1))), (8, 2, ((1, 1), (1, 1))),
+                                                    (7, 2, ((0, 1), (0, 1))), (4, 1, ((0, 0), (0, 0)))])
+def test_depthwise_equals_lax_grouped_conv_with_gradients(size, strides, padding):
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((3, size, size, 6), np.float32)
+  k = rng.standard_normal((3, 3, 1, 6), np.float32)
+  dimensions = ('NHWC', 'HWIO', 'NHWC')
+  reference = lambda x, k: lax.conv_general_dilated(x, k, (strides, strides), padding, dimension_numbers=dimensions,
+                                                    feature_group_count=6)
+  ours = lambda x, k: conv.conv_general_dilated(x, k, (strides, strides), padding, dimension_numbers=dimensions,
+                                                feature_group_count=6)
+  assert 'feature_group_count' not in str(jax.make_jaxpr(ours)(x, k))  # the shifted sum, not lax's grouped conv
+  assert_same_values_and_gradients(reference, ours, x, k)
