@@ -163,7 +163,7 @@ def authors_statistics():
   batches = np.arange(600).reshape(5, 120)
   stats = barrier.reestimate_batch_stats(model, variables['params'], variables['batch_stats'], DATA.train_images,
                                          batches, DATA.mean, DATA.std, method='authors')
-  x = np.asarray(data_lib.normalize(DIGITS.train_images, DIGITS.mean, DIGITS.std)).reshape(-1, 64)
+  x = np.asarray(augment.normalize(DIGITS.train_images, DIGITS.mean, DIGITS.std)).reshape(-1, 64)
   return stats['BatchNorm_0'], x[batches] @ np.asarray(variables['params']['Dense_0']['kernel'], np.float64)
 
 
@@ -197,7 +197,7 @@ def test_authors_reestimation_augments_each_batch_from_its_seed_and_step():
   batches = np.arange(600).reshape(5, 120)[::-1]
   reestimate = functools.partial(barrier.reestimate_batch_stats, model, variables['params'], variables['batch_stats'],
                                  mean=DATA.mean, std=DATA.std, method='authors')
-  augmented = np.concatenate([data_lib.augment(jax.random.fold_in(jax.random.PRNGKey(3), step),
+  augmented = np.concatenate([augment.augment(jax.random.fold_in(jax.random.PRNGKey(3), step),
                                                DIGITS.train_images[indices], 'crop_flip')
                               for step, indices in enumerate(batches)])
   stats = reestimate(images=DATA.train_images, batches=batches, augmentation='crop_flip', seed=3)

@@ -20,7 +20,8 @@ import jax, numpy as np
 sys.path.insert(0, 'tests')
 from conftest import tiny_digits_config
 from aws_jax import engine, pruning, train
-config = tiny_digits_config(**{'mesh.fsdp': int(sys.argv[2])})
+config = tiny_digits_config(**{'mesh.fsdp': int(sys.argv[2]), 'init': 'flax'})  # the tolerances below were measured
+# with these initialisers (under 'authors', whose weights are smaller, losses drifted 3.3e-4 apart after the pruning)
 setup = engine.make_setup(config)
 tx = setup.optimizer('constant', 1)
 step = setup.step('constant', 1, aws=True)
