@@ -236,7 +236,8 @@ register(Analysis('psi_reset_barrier', 'round', _psi_reset, key='psi_reset_barri
                   applies=lambda setup: setup.config.barrier.psi_reset))
 register(Analysis('sign_changes', 'round', _sign_changes, key='signs_changed_from_init', category='eval'))
 register(Analysis('lmc_barrier', 'final', _lmc_barrier, key='lmc_barrier', category='barrier',
-                  applies=lambda setup: setup.config.barrier.lmc and not setup.streamed))
+                  applies=lambda setup: setup.config.barrier.lmc and not setup.streamed,
+                  current=lambda stored, network: 'lmc_barrier' in stored or network.reference is None))
 register(Analysis('sgd_noise_barrier', 'final', _sgd_noise_barrier, key='sgd_noise_barrier', category='barrier',
                   applies=lambda setup: setup.config.barrier.sgd_noise and not setup.streamed,
                   current=lambda stored, network: stored.get('sgd_noise_peers', []) == list(network.peers)))
