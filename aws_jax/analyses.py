@@ -216,10 +216,10 @@ def stored_pairs(rundir: RunDir) -> list[dict]:
 
 def _lmc_barrier(setup: Setup, network: Network) -> dict:
   """Linear mode connectivity to the retrained network of the same source round and seed."""
-  if network.reference is None or network.reference == network.name:
+  if network.reference is None:
     return {}
-  curve = pair_curve(setup, network, network.reference)
-  return {} if curve is None else {'lmc_barrier': curve['barrier']}
+  curve = None if network.reference == network.name else pair_curve(setup, network, network.reference)
+  return {'lmc_reference': network.reference, **({} if curve is None else {'lmc_barrier': curve['barrier']})}
 
 
 def _sgd_noise_barrier(setup: Setup, network: Network) -> dict:
@@ -237,7 +237,7 @@ register(Analysis('psi_reset_barrier', 'round', _psi_reset, key='psi_reset_barri
 register(Analysis('sign_changes', 'round', _sign_changes, key='signs_changed_from_init', category='eval'))
 register(Analysis('lmc_barrier', 'final', _lmc_barrier, key='lmc_barrier', category='barrier',
                   applies=lambda setup: setup.config.barrier.lmc and not setup.streamed,
-                  current=lambda stored, network: 'lmc_barrier' in stored or network.reference is None))
+                  current=lambda stored, network: stored.get('lmc_reference') == network.reference))
 register(Analysis('sgd_noise_barrier', 'final', _sgd_noise_barrier, key='sgd_noise_barrier', category='barrier',
                   applies=lambda setup: setup.config.barrier.sgd_noise and not setup.streamed,
                   current=lambda stored, network: stored.get('sgd_noise_peers', []) == list(network.peers)))
