@@ -99,19 +99,13 @@ def stored(rundir: RunDir, network: str) -> dict:
 
 # --- Shared inputs, built once per setup. -------------------------------------------------------------------------
 
-def _cached(setup: Setup, key: str, build: Callable):
-  if key not in setup._compiled:  # pylint: disable=protected-access
-    setup._compiled[key] = build()  # pylint: disable=protected-access
-  return setup._compiled[key]  # pylint: disable=protected-access
-
-
 def path_data(setup: Setup) -> barrier.PathData:
   """What error barriers are measured on, as `config.barrier` says; built once per setup."""
   if setup.streamed:
     raise UserError(f'error barriers need {setup.config.dataset} in memory; run it with '
                     f'--config.barrier.psi_reset=False')
   config = setup.config
-  return _cached(setup, 'path_data', lambda: barrier.path_data(
+  return setup.built('path_data', lambda: barrier.path_data(
       setup.train_images, setup.test_images, setup.test_labels, setup.dataset.mean, setup.dataset.std,
       batch_size=config.batch_size, bn_batches=config.barrier.bn_batches, eval_batch_size=config.eval_batch_size,
       reestimate=config.barrier.reestimate, augmentation=setup.dataset.augmentation))
@@ -130,7 +124,7 @@ def recalibrated(setup: Setup, state: train.TrainState) -> train.TrainState:
                          compiler_options=conv.compiler_options())
     return lambda s: reestimate(s.params, s.batch_stats, setup.train_images, batches, setup.dataset.mean,
                                 setup.dataset.std)
-  return state.replace(batch_stats=_cached(setup, 'reestimate', build)(state))
+  return state.replace(batch_stats=setup.built('reestimate', build)(state))
 
 
 # --- The registered analyses. -------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ class Setup:
   prunable: Any
   eval_step: Callable
   mesh: jax.sharding.Mesh
-  _compiled: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+  _built: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
   @property
   def streamed(self) -> bool:
@@ -42,15 +42,18 @@ class Setup:
   def steps_per_epoch(self) -> int:
     return self.dataset.num_train // self.config.batch_size
 
+  def built(self, key, build: Callable):
+    """`build()`, called once per `key` for this setup (compiled functions, optimizers, barrier data)."""
+    if key not in self._built:
+      self._built[key] = build()
+    return self._built[key]
+
   def optimizer(self, schedule: str, epochs: int):
     """SGD or Adam as `config.optimizer` says, over `epochs` epochs of `schedule`; one object per (schedule, epochs)."""
-    key = ('optimizer', schedule, epochs)
-    if key not in self._compiled:
-      opt = self.config.optimizer
-      total_steps = max(epochs, 1) * self.steps_per_epoch
-      self._compiled[key] = train.make_optimizer(opt.name, train.schedule(schedule, opt.lr, total_steps),
-                                                 opt.momentum, opt.weight_decay)
-    return self._compiled[key]
+    opt = self.config.optimizer
+    return self.built(('optimizer', schedule, epochs), lambda: train.make_optimizer(
+        opt.name, train.schedule(schedule, opt.lr, max(epochs, 1) * self.steps_per_epoch), opt.momentum,
+        opt.weight_decay))
 
   def train_step(self, tx, aws: bool) -> Callable:
     """The pure train step for this model and data (not compiled), traced with the convolutions `config.conv`."""
@@ -62,21 +65,19 @@ class Setup:
   def step(self, schedule: str, epochs: int, aws: bool, seeds: int = 1) -> Callable:
     """The train step compiled for the mesh, state donated: one seed's state, or `seeds` states stacked (vmapped,
     each with its own batch indices). Compiled once per distinct arguments; `population_inputs` feeds it."""
-    key = ('step', schedule, epochs, aws, seeds)
-    if key not in self._compiled:
-      tx = self.optimizer(schedule, epochs)
-      step = self.train_step(tx, aws)
-      if seeds > 1:
-        self._compiled[key] = jax.jit(jax.vmap(step, in_axes=(0, None, None, 0)), donate_argnums=0,
-                                      compiler_options=conv.compiler_options())
-      else:
-        state_shardings, replicated = self.state_shardings(tx), sharding.replicated(self.mesh)
-        batch = sharding.batch_sharding(self.mesh)
-        inputs = (batch, batch) if self.streamed else (replicated, replicated, batch)
-        self._compiled[key] = jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, *inputs),
-                                      out_shardings=(state_shardings, replicated),
-                                      compiler_options=conv.compiler_options())
-    return self._compiled[key]
+    return self.built(('step', schedule, epochs, aws, seeds), lambda: self._compile_step(schedule, epochs, aws, seeds))
+
+  def _compile_step(self, schedule: str, epochs: int, aws: bool, seeds: int) -> Callable:
+    tx = self.optimizer(schedule, epochs)
+    step = self.train_step(tx, aws)
+    if seeds > 1:
+      return jax.jit(jax.vmap(step, in_axes=(0, None, None, 0)), donate_argnums=0,
+                     compiler_options=conv.compiler_options())
+    state_shardings, replicated = self.state_shardings(tx), sharding.replicated(self.mesh)
+    batch = sharding.batch_sharding(self.mesh)
+    inputs = (batch, batch) if self.streamed else (replicated, replicated, batch)
+    return jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, *inputs),
+                   out_shardings=(state_shardings, replicated), compiler_options=conv.compiler_options())
 
   def state_shardings(self, tx):
     """Where each array of a training state with optimizer `tx` lives on the mesh."""
