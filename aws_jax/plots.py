@@ -98,7 +98,8 @@ def plot_pair_curves(curves: Mapping[str, Sequence[dict]], path: str, title: str
     alphas = members[0]['alphas']
     linestyle, marker = METHOD_STYLES.get(method, ('-.', '^'))
     line, = axes[kind].plot(alphas, errors.mean(0), color=MODE_COLORS.get(start), linestyle=linestyle,
-                            marker=marker, markersize=4, label=f'{method.upper()} {start} (n={len(members)})')
+                            marker=marker, markersize=4,  # dense networks belong to no method
+                            label=f'{"" if start == "dense" else method.upper() + " "}{start} (n={len(members)})')
     if len(members) > 1:
       axes[kind].fill_between(alphas, errors.min(0), errors.max(0), color=line.get_color(), alpha=0.15)
   axes['LMC'].set(xlabel='α   (0: retrained network, 1: network trained from the start)', ylabel='test error (%)',

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny digits config and a helper to run the CLI as a user would."""
 import os
+import shutil
 import subprocess
 import tempfile
 import sys
@@ -18,6 +19,8 @@ def pytest_configure(config):
   os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='aws_jax_xla_cache_'))
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+  if shutil.which('nvidia-smi'):  # NVIDIA GPUs multiply float32 in TF32 by default; the tests' tolerances are float32's
+    os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 
 
 def without_times(record):
