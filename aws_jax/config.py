@@ -9,7 +9,7 @@ import re
 import ml_collections
 
 from aws_jax import starts
-from aws_jax.datasets import DATASETS
+from aws_jax.datasets import DATASETS, FACTS
 from aws_jax.errors import UserError
 
 MODELS = ('small_cnn', 'resnet20', 'resnet56', 'vgg11', 'vgg13', 'vgg16', 'vgg19', 'resnet50', 'resnet50_imagenet',
@@ -253,16 +253,22 @@ def _legacy_value(key: str):
   return LEGACY_DEFAULTS[key] if key in LEGACY_DEFAULTS else fingerprint(base_config()).get(key)
 
 
+# Keys that decide nothing for some runs: where one does not apply, a record without it is no change.
+_APPLIES = {'drop_connect': lambda flat: flat.get('model') == 'efficientnet_b0',
+            'normalization': lambda flat: flat.get('dataset') in FACTS and FACTS[flat['dataset']].authors_constants}
+
+
 def changed_keys(previous: dict, current: dict) -> list[str]:
   """The keys whose values differ between a recorded fingerprint and this one. A key the record lacks (written
-  before the key existed) counts as changed only where this config's value differs from `_legacy_value`."""
+  before the key existed) counts as changed only where it applies to this config (`_APPLIES`) and this config's
+  value differs from `_legacy_value`."""
   changed = []
   for key in sorted((set(previous) | set(current)) - {'schema'}):
     if key in previous and key in current:
       if previous[key] != current[key]:
         changed.append(key)
     elif key in current:
-      if current[key] != _legacy_value(key):
+      if current[key] != _legacy_value(key) and _APPLIES.get(key, lambda flat: True)(current):
         changed.append(key)
     # A key only the record has was removed from aws_jax: it decides nothing now.
   return changed

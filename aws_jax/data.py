@@ -146,7 +146,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = 
   if name == 'imagenet2012':
     return _load_imagenet(os.fspath(data_dir) if data_dir else _default_tfds_data_dir())
   dataset = _load_in_memory(name, data_dir, download)
-  if normalization == 'authors' and name in AUTHORS_NORMALIZATION:
+  if normalization == 'authors' and FACTS[name].authors_constants:
     mean, std = AUTHORS_NORMALIZATION[name]
     dataset = dataclasses.replace(dataset, mean=mean, std=std)
   return dataset

@@ -57,3 +57,20 @@ def test_a_workdir_of_an_earlier_aws_jax_resumes_into_the_final_stage(tmp_path, 
   monkeypatch.undo()
   results = protocol.run(tiny_digits_config(**common, stage='final'), workdir)
   assert [f['mode'] for f in results['final']] == ['signed'] and len(results['rounds']) == 2
+
+
+def test_a_key_added_later_that_decides_nothing_for_this_run_is_no_change():
+  """drop_connect matters for EfficientNet only, normalization for datasets with the reference's constants: a record
+  from before they existed is refused for them only where they apply."""
+  added = ('init', 'drop_connect', 'normalization', 'barrier.reestimate')
+  digits = config_lib.fingerprint(tiny_digits_config())
+  assert config_lib.changed_keys({k: v for k, v in digits.items() if k not in added}, digits) == ['init']
+  cifar = {**digits, 'model': 'efficientnet_b0', 'dataset': 'cifar100'}
+  assert config_lib.changed_keys({k: v for k, v in cifar.items() if k not in added}, cifar) == [
+      'drop_connect', 'init', 'normalization']
+
+
+def test_the_datasets_with_the_references_constants_agree_with_the_constants():
+  from aws_jax import data  # pylint: disable=import-outside-toplevel
+  from aws_jax.datasets import FACTS  # pylint: disable=import-outside-toplevel
+  assert {name for name, facts in FACTS.items() if facts.authors_constants} == set(data.AUTHORS_NORMALIZATION)
