@@ -198,15 +198,17 @@ def check_no_arguments(argv):
     exit_with(f'unexpected arguments: {" ".join(argv[1:])}')
 
 
-def check_workdir(workdir: str, config: ml_collections.ConfigDict | None = None) -> None:
+def check_workdir(workdir: str, config: ml_collections.ConfigDict | None = None, probe_lock: bool = True) -> None:
   """Exits on one line unless `workdir` is (or can be made) a writable directory that no other run is using (and,
-  given `config`, holds no run of another config)."""
+  given `config`, holds no run of another config). `probe_lock=False` where several processes of one run share the
+  workdir: its lock is the run's own, held by process 0, and a probe would find it held by a sibling."""
   try:
     rundir = rundir_lib.RunDir(workdir)
     rundir.check_writable()
     if config is not None:
       rundir_lib.check_same_config(rundir, config_lib.fingerprint(config), config.overwrite)
-    with rundir_lib.Lock(rundir):
-      pass
+    if probe_lock:
+      with rundir_lib.Lock(rundir):
+        pass
   except UserError as e:
     exit_with(e)

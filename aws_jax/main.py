@@ -25,7 +25,7 @@ flags.adopt_module_key_flags(cli)  # --help lists --config and --workdir, define
 def main(argv):
   cli.check_no_arguments(argv)
   config = cli.load_config(_CONFIG)
-  cli.check_workdir(_WORKDIR.value, config)
+  cli.check_workdir(_WORKDIR.value, config, probe_lock=not _DISTRIBUTED.value)
   from aws_jax import allocator  # pylint: disable=import-outside-toplevel
   allocator.restart_with_tcmalloc()  # after the checks above: a bad input is answered without the restart
   import jax  # pylint: disable=import-outside-toplevel

