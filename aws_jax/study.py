@@ -257,13 +257,15 @@ def markdown(summaries: Sequence[dict], differences: Sequence[dict], rounds: Map
     lines.append('| (none: the grid lacks both sides of every comparison) | | | | | |')
   for method, records in rounds.items():
     lines += ['', f'## Pruning stage: {method}', '',
-              '| round | % left | test acc | recalibrated test acc | ψ-reset barrier (points) |',
-              '| ---: | ---: | ---: | ---: | ---: |']
-    for r in records:
+              '| round | % left | test acc | recalibrated test acc | test error with ψ reset | '
+              'ψ-reset barrier (points) |',
+              '| ---: | ---: | ---: | ---: | ---: | ---: |']
+    for r in records:  # the barrier's two ends: the recalibrated network (α = 1) and ψ reset (α = 0)
       barrier = f'{r["psi_reset_barrier"]:.2f}' if 'psi_reset_barrier' in r else 'n/a'
+      reset_error = f'{r["psi_reset_test_error"][0]:.2f}' if 'psi_reset_test_error' in r else 'n/a'
       recalibrated = _percent(r['recalibrated_test_accuracy']) if 'recalibrated_test_accuracy' in r else 'n/a'
       lines.append(f'| {r["round"]} | {100 * r["fraction_left"]:.2f} | {_percent(r["test_accuracy"])} | '
-                   f'{recalibrated} | {barrier} |')
+                   f'{recalibrated} | {reset_error} | {barrier} |')
   if times:
     lines += time_table(times)
   return '\n'.join(lines) + '\n'

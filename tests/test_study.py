@@ -277,3 +277,12 @@ def test_a_study_stopped_during_a_barrier_ends_as_an_uninterrupted_one(tmp_path,
   whole, stopped = (read_csv(tmp_path / name / 'study.csv') for name in ('whole', 'stopped'))
   assert [without_wall(r) for r in stopped] == [without_wall(r) for r in whole]
   assert all(r['sgd_noise_barrier'] != '' for r in whole if r['start'] == 'signed')
+
+
+def test_the_pruning_table_gives_the_psi_reset_barrier_with_its_ends():
+  """A barrier is read with its ends: the recalibrated accuracy (α = 1) and the test error with ψ reset (α = 0)."""
+  record = {'round': 9, 'fraction_left': 0.0404, 'test_accuracy': 0.1806, 'recalibrated_test_accuracy': 0.8286,
+            'psi_reset_barrier': 12.59, 'psi_reset_test_error': [42.31, 33.6, 24.88, 19.04, 17.14]}
+  table = study.markdown([], [], {'lrr': [record], 'aws': [{'round': 0, 'fraction_left': 1.0, 'test_accuracy': 0.5}]})
+  assert '| 9 | 4.04 | 18.06 | 82.86 | 42.31 | 12.59 |' in table
+  assert '| 0 | 100.00 | 50.00 | n/a | n/a | n/a |' in table
