@@ -23,7 +23,8 @@
 #     this script installs them into OUT/site (`pip install --no-index --no-deps --target`), first on PYTHONPATH.
 #   - Fashion-MNIST for the study, where the GPU machine has no /usr/share/datasets/fashion-mnist:
 #     `cp -r /usr/share/datasets/fashion-mnist device_data/` here (30 MB); this script copies it into place.
-#   Neither folder is committed. Without them, the parts that need them fail and say so in summary.json.
+#   Neither folder is committed (.gitignore): the device tool must carry them (`carry: ["device_wheels",
+#   "device_data"]`). Without them, the parts that need them fail and say so in summary.json.
 set -uo pipefail
 
 SMOKE=0
