@@ -4,6 +4,7 @@
 // write the activations in place as nhwc and take the (small) weights in a blocked layout of their own, reordered
 // per call. Winograd's convolutions (F(4×4, 3×3): 2–2.4× faster on 3×3 kernels at stride 1) want blocked
 // activations too: every operand is reordered in or out, a few % of their time.
+// Builds against oneDNN 2 (Debian 12's libdnnl-dev: Winograd's float32 convolutions on AVX-512) or 3 (none there).
 // Attributes: `window` = {stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right}, bottom/right the padding
 // the output's size actually uses; `winograd`: use Winograd's algorithm where oneDNN has it for this shape and CPU
 // (AVX-512) and the padding is the same on both sides of each axis, else the direct one.
@@ -120,8 +121,13 @@ std::shared_ptr<Convolution> Make(const Key& k, dnnl::algorithm algorithm) {
   const memory::desc x = Nhwc(k[1], k[2], k[3], k[4], activations), y = Nhwc(k[1], k[8], k[9], k[7], activations);
   const memory::desc w = Hwio(k, memory::format_tag::any);
   const memory::dims strides{k[10], k[11]}, pad_l{k[12], k[14]}, pad_r{k[13], k[15]};
+#if DNNL_VERSION_MAJOR >= 3  // primitive descriptors built from the engine and the shapes
+  auto forward = dnnl::convolution_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training, algorithm,
+                                                           x, w, y, strides, pad_l, pad_r, UserScratchpad());
+#else  // from an operation descriptor
   auto forward = dnnl::convolution_forward::primitive_desc(
       {dnnl::prop_kind::forward_training, algorithm, x, w, y, strides, pad_l, pad_r}, UserScratchpad(), Engine());
+#endif
   if (k[0] == 0) {
     return std::make_shared<Convolution>(Convolution{
         {dnnl::convolution_forward(forward), forward.scratchpad_desc()},
@@ -130,16 +136,26 @@ std::shared_ptr<Convolution> Make(const Key& k, dnnl::algorithm algorithm) {
          {DNNL_ARG_DST, MakeOperand(y_user, forward.dst_desc(), true)}}});
   }
   if (k[0] == 1) {
+#if DNNL_VERSION_MAJOR >= 3
+    auto pd = dnnl::convolution_backward_data::primitive_desc(Engine(), algorithm, x, w, y, strides, pad_l, pad_r,
+                                                              forward, UserScratchpad());
+#else
     auto pd = dnnl::convolution_backward_data::primitive_desc({algorithm, x, w, y, strides, pad_l, pad_r},
                                                               UserScratchpad(), Engine(), forward);
+#endif
     return std::make_shared<Convolution>(Convolution{
         {dnnl::convolution_backward_data(pd), pd.scratchpad_desc()},
         {{DNNL_ARG_DIFF_DST, MakeOperand(y_user, pd.diff_dst_desc(), false)},
          {DNNL_ARG_WEIGHTS, MakeOperand(w_user, pd.weights_desc(), false)},
          {DNNL_ARG_DIFF_SRC, MakeOperand(x_user, pd.diff_src_desc(), true)}}});
   }
+#if DNNL_VERSION_MAJOR >= 3
+  auto pd = dnnl::convolution_backward_weights::primitive_desc(Engine(), algorithm, x, w, y, strides, pad_l, pad_r,
+                                                               forward, UserScratchpad());
+#else
   auto pd = dnnl::convolution_backward_weights::primitive_desc({algorithm, x, w, y, strides, pad_l, pad_r},
                                                                UserScratchpad(), Engine(), forward);
+#endif
   return std::make_shared<Convolution>(Convolution{
       {dnnl::convolution_backward_weights(pd), pd.scratchpad_desc()},
       {{DNNL_ARG_SRC, MakeOperand(x_user, pd.src_desc(), false)},

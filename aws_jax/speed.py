@@ -46,23 +46,29 @@ def without_masks(step):
 
 
 def ms_by_operation_kind(run, steps: int) -> dict[str, float]:
-  """Milliseconds per step that XLA's threads spend in each kind of operation of `run()` (one step, blocking):
-  oneDNN's convolutions ('ffi_call'), each kind of fusion, copies; from jax.profiler's trace of `steps` steps,
-  summed over threads (so it can exceed the wall time); the largest first."""
+  """Milliseconds per step spent in each kind of operation of `run()` (one step, blocking): on CPU, XLA's threads
+  (oneDNN's convolutions 'ffi_call', each kind of fusion, copies), summed over threads (so it can exceed the wall
+  time); on a GPU, its streams' kernels. From jax.profiler's trace of `steps` steps; the largest first."""
   with tempfile.TemporaryDirectory() as directory:
     with jax.profiler.trace(directory):
       for _ in range(steps):
         run()
     trace = jax.profiler.ProfileData.from_file(str(next(pathlib.Path(directory).rglob('*.xplane.pb'))))
   kinds = collections.Counter()
+  seen = []
   for plane in trace.planes:
     for line in plane.lines:
-      if 'XLA' not in line.name or 'PjRt' in line.name or 'Modules' in line.name:  # ops' threads (CPU) or
-        continue                                                                      # streams (GPU) only
+      seen.append(f'{plane.name}/{line.name}')
+      cpu_ops = 'XLA' in line.name and 'PjRt' not in line.name and 'Modules' not in line.name
+      gpu_kernels = plane.name.startswith('/device:GPU') and line.name.startswith('Stream')
+      if not (cpu_ops or gpu_kernels):
+        continue
       for event in line.events:
         if not event.name.startswith(('ThunkExecutor', 'end: ')):  # the executor's own span holds the others
-          kinds[event.name.rstrip('0123456789').rstrip('.')] += event.duration_ns / 1e6 / steps
-  return {kind: round(ms, 2) for kind, ms in kinds.most_common() if ms >= 0.01}
+          kinds[event.name.rstrip('0123456789').rstrip('._')] += event.duration_ns / 1e6 / steps
+  if not kinds:
+    raise ValueError(f'no operation in the trace\'s lines: {sorted(set(seen))[:40]}')
+  return {kind: round(ms, 2) for kind, ms in kinds.most_common(40) if ms >= 0.01}
 
 
 def step_figures(model_name: str, batch: int, image: int, classes: int, steps: int, sparsity: float,

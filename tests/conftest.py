@@ -21,6 +21,8 @@ def pytest_configure(config):
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
   if shutil.which('nvidia-smi'):  # NVIDIA GPUs multiply float32 in TF32 by default; the tests' tolerances are float32's
     os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
+    # and pick reductions and cuDNN algorithms that may differ run to run; the tests resume bit for bit (README, GPU)
+    os.environ['XLA_FLAGS'] = ' '.join(filter(None, (os.environ.get('XLA_FLAGS'), '--xla_gpu_deterministic_ops=true')))
 
 
 def without_times(record):

@@ -17,6 +17,10 @@ from aws_jax import conv, models
 from aws_jax.errors import UserError
 
 
+# What these tests check exists on the CPU only: off it, every choice of convolutions resolves to 'lax'.
+cpu_routing = pytest.mark.skipif(jax.default_backend() != 'cpu', reason='CPU convolution routing')
+
+
 @pytest.fixture(name='without_onednn')
 def fixture_without_onednn():
   with conv.implementation('xla'):
@@ -43,6 +47,7 @@ def test_im2col_equals_lax_conv_with_gradients(size, kernel, strides, padding, c
   assert_same_values_and_gradients(reference, ours, x, k)
 
 
+@cpu_routing
 @pytest.mark.usefixtures('without_onednn')
 def test_models_route_small_maps_to_im2col_and_keep_lax_results():
   """A VGG stage on a 2×2 map: same output as plain nn.Conv with the same params, and no XLA conv in it."""
@@ -78,6 +83,7 @@ def test_max_pool_equals_flax_with_gradients(size, window, stride, padding):
   np.testing.assert_array_equal(grad(ours), grad(reference))
 
 
+@cpu_routing
 def test_tiled_max_pool_gradient_has_no_scatter():
   x = jnp.zeros((2, 8, 8, 4))
   scatters = lambda pool: jax.jit(jax.grad(lambda x: pool(x).sum())).lower(x).compile().as_text().count(' scatter(')
@@ -85,6 +91,7 @@ def test_tiled_max_pool_gradient_has_no_scatter():
   assert scatters(lambda x: nn.max_pool(x, (2, 2), (2, 2))) > 0  # what the slices avoid; if XLA stops, drop them
 
 
+@cpu_routing
 @pytest.mark.usefixtures('without_onednn')
 def test_compiler_options_compile_and_keep_results():
   """The options are accepted by XLA (a wrong name or enum value fails at compile) and change no result."""
@@ -103,6 +110,7 @@ def test_compiler_options_compile_and_keep_results():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ours, plain)
 
 
+@cpu_routing
 @pytest.mark.usefixtures('without_onednn')
 @pytest.mark.parametrize('channels', [4, conv.MATERIALIZE_MAX_CHANNELS + 1])
 def test_backward_from_materialized_input_equals_lax(channels):
@@ -139,6 +147,7 @@ def test_compiler_options_fall_back_to_xla_defaults_when_refused(monkeypatch):
     conv.compiler_options.cache_clear()
 
 
+@cpu_routing
 def test_using_makes_the_choice_part_of_the_function():
   """Two choices of the same function jit to two programs: the one traced first doesn't leak into the other."""
   x, k = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 4))
@@ -154,6 +163,7 @@ def test_using_makes_the_choice_part_of_the_function():
   assert conv.resolve() == conv.resolve('auto')
 
 
+@cpu_routing
 def test_environment_overrides_the_choice(monkeypatch):
   monkeypatch.setenv('AWS_JAX_WINOGRAD', '0')
   assert conv.resolve('onednn') in ('onednn_direct', 'xla')  # 'xla' where oneDNN is off or unbuilt
@@ -165,6 +175,7 @@ def test_unknown_choice_is_a_user_error():
     conv.using('cudnn', jnp.negative)
 
 
+@cpu_routing
 @pytest.mark.parametrize('size, strides, padding', [(8, 1, ((1, 1), (1, 1))), (8, 2, ((1, 1), (1, 1))),
                                                     (7, 2, ((0, 1), (0, 1))), (4, 1, ((0, 0), (0, 0)))])
 def test_depthwise_equals_lax_grouped_conv_with_gradients(size, strides, padding):

@@ -133,8 +133,10 @@ def test_seeds_trained_together_match_seeds_trained_one_by_one(tmp_path):
   test's 4 epochs on a 2-core AMD EPYC without AVX-512: with oneDNN's convolutions (which run each seed's call in
   turn, as sequential does) identical, bit for bit, asserted within 5e-4; with XLA's (AWS_JAX_ONEDNN=0, or no
   oneDNN), which batch the seeds' convolutions into one and round differently, train losses 6.0e-3 apart
-  (relative), parameters 3.4 % of a leaf's largest entry, test accuracies equal: asserted within 2e-2 and 10 %."""
-  loss_rtol, parameter_share = (5e-4, 5e-4) if conv.resolve().startswith('onednn') else (2e-2, 0.1)
+  (relative), parameters 3.4 % of a leaf's largest entry, test accuracies equal: asserted within 2e-2 and 10 %.
+  On an NVIDIA H200 (cuDNN, float32 without TF32) train losses 2.0e-2 apart: asserted within 5e-2 off the CPU."""
+  loss_rtol, parameter_share = ((5e-4, 5e-4) if conv.resolve().startswith('onednn') else
+                                (2e-2, 0.1) if jax.default_backend() == 'cpu' else (5e-2, 0.1))
   config, workdir, _ = run(tmp_path, 'aws', method='aws')
   final = {**SHORT, 'method': 'aws', 'stage': 'final', 'final.modes': ('signed', 'dense'), 'final.seeds': (2, 3)}
   results = {}

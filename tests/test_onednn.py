@@ -64,7 +64,8 @@ def _float64_conv_and_vjp(x, k, cotangent):
 def test_winograd_is_as_accurate_as_float32_allows(shape, channels):
   """Winograd's transforms round differently from a direct sum: forward and both gradients stay within 1e-5 of
   a float64 reference, relative to its largest entry (direct's and XLA's errors here: 2e-7 to 1e-6, Winograd's:
-  up to 2e-6). On AVX-512 its rounding differs from direct's, which shows it ran."""
+  up to 2e-6). On AVX-512 with oneDNN 2 its rounding differs from direct's, which shows it ran (oneDNN 3.2 has no
+  float32 Winograd there, measured: it runs direct)."""
   rng = np.random.default_rng(3)
   x = rng.standard_normal(shape, np.float32)
   k = (rng.standard_normal((3, 3, shape[-1], channels)) / np.sqrt(9 * shape[-1])).astype(np.float32)
@@ -78,7 +79,7 @@ def test_winograd_is_as_accurate_as_float32_allows(shape, channels):
   winograd, direct = conv_and_vjp(True), conv_and_vjp(False)
   for ours, reference in zip(winograd, exact):
     assert np.max(np.abs(ours - reference)) <= 1e-5 * np.max(np.abs(reference))
-  if AVX512:
+  if AVX512 and onednn.version().startswith('2.'):
     assert not np.array_equal(winograd[0], direct[0])
 
 
