@@ -33,7 +33,8 @@ LEGACY_DEFAULTS = {'init': 'flax', 'drop_connect': 0.2, 'normalization': 'comput
 CONV_IMPLS = ('auto', 'onednn', 'onednn_direct', 'xla', 'lax')  # = conv.IMPLS (aws_jax/conv.py says what each is)
 
 # Keys that may change between two invocations on the same workdir: they pick what to run, not what a run is.
-RERUN_KEYS = ('stage', 'study.methods', 'study.starts', 'study.source_rounds', 'study.seeds', 'data_workers',
+RERUN_KEYS = ('stage', 'study.methods', 'study.starts', 'study.source_rounds', 'study.seeds', 'study.pruning_seeds',
+              'data_workers',
               'overwrite', 'progress', 'checkpoint_every_steps', 'final.modes', 'final.seeds', 'final.source_round',
               'final.seeds_at_once',
               'mesh.fsdp', 'barrier.points', 'barrier.bn_batches', 'barrier.chunk', 'barrier.psi_reset',
@@ -104,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.study.starts = STARTS            # final-training starts compared (final.modes of each method's run)
   config.study.source_rounds = (-1,)      # pruning rounds the starts come from; -1: the last
   config.study.seeds = (2, 3, 4)          # one final training per (method, start, round, seed)
+  config.study.pruning_seeds = ()         # pruning runs per method: () one, with `seed`; else one per seed listed
 
   config.compute_dtype = 'float32'  # 'bfloat16' on TPU/GPU: forward/backward in bf16, params and state float32
   config.conv = 'auto'              # convolutions on CPU: 'onednn' (Winograd where it suits), 'onednn_direct', 'xla',

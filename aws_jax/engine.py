@@ -34,6 +34,12 @@ class Setup:
   mesh: jax.sharding.Mesh
   _built: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
+  def with_seed(self, seed: int) -> 'Setup':
+    """This setup for another pruning seed (`config.seed`): the same data, model and compiled functions."""
+    config = ml_collections.ConfigDict(self.config.to_dict())
+    config.seed = seed
+    return dataclasses.replace(self, config=config)
+
   @property
   def streamed(self) -> bool:
     return self.train_images is None

@@ -155,14 +155,14 @@ def _title(configs: Sequence[dict]) -> str:
 
 
 def _sparsity_axis(ax, xs) -> None:
-  """Log-scale % weights left, decreasing to the right, ticks at (at most 8 of) the plotted levels."""
-  ticks = sorted(set(xs), reverse=True)
-  ticks = ticks[::math.ceil(len(ticks) / 8)] if ticks else ticks
+  """Log-scale % weights left, decreasing to the right, every plotted level in view, ticks at (at most 8 of) them."""
+  levels = sorted(set(xs), reverse=True)
+  ticks = levels[::math.ceil(len(levels) / 8)] if levels else levels
   ax.set_xscale('log')
   ax.set_xticks(ticks, [f'{t:.3g}' for t in ticks])
   ax.minorticks_off()
-  if ticks:
-    ax.set_xlim(max(ticks) * 1.15, min(ticks) / 1.15)
+  if levels:
+    ax.set_xlim(max(levels) * 1.15, min(levels) / 1.15)
   ax.set_xlabel('weights left (%)')
   ax.grid(alpha=0.3)
 
@@ -316,9 +316,10 @@ def plot_sign_changes(workdirs: Sequence[str], path: str) -> dict:
 
 
 def plot_comparison(accuracies: Mapping[str, tuple], differences: Mapping[str, tuple], path: str,
-                    title: str = '', confidence: float = 0.95) -> dict:
+                    title: str = '', confidence: float = 0.95, pruning_runs: bool = False) -> dict:
   """The final comparison as points with their intervals: test accuracy (%) of each group (left) and the paired
-  differences in points (right). Each maps a label to (value, interval half-width); NaN: no interval. The axes take
+  differences in points (right). Each maps a label to (value, interval half-width); NaN: no interval.
+  `pruning_runs`: the intervals are over pruning runs' means (a study with several), not over seeds. The axes take
   every interval whole (none is clipped at 100 %); returns {'accuracy': {label: (value, half-width)}, 'difference':
   ...}, as drawn."""
   fig = _figure(figsize=(12, max(3.0, 0.35 * max(len(accuracies), len(differences)) + 1.8)), layout='constrained')
@@ -344,9 +345,10 @@ def plot_comparison(accuracies: Mapping[str, tuple], differences: Mapping[str, t
     drawn[name] = {label: (float(v), float(h)) for label, v, h in zip(labels[::-1], values[::-1], half_widths[::-1])}
   difference_ax.axvline(0, color='k', linewidth=0.8)
   accuracy_ax.set(xlabel='test accuracy (%)', title='final trainings')
-  difference_ax.set(xlabel='difference (points), paired by seed', title='differences')
-  fig.suptitle(f'{title + ": " if title else ""}points: mean over seeds; bars: {100 * confidence:.0f} % t-interval '
-               f'over seeds (none: one seed)')
+  paired, unit = ('seed and pruning run', 'pruning runs\' means') if pruning_runs else ('seed', 'seeds')
+  difference_ax.set(xlabel=f'difference (points), paired by {paired}', title='differences')
+  fig.suptitle(f'{title + chr(10) if title else ""}points: mean over seeds; bars: {100 * confidence:.0f} % t-interval '
+               f'over {unit} (none: one value)')
   fig.savefig(path, dpi=150)
   return drawn
 

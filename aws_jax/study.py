@@ -3,12 +3,21 @@
 Command:
   python -m aws_jax.study --config=configs/digits.py:study --workdir=runs/digits_study [--config.KEY=VALUE ...]
 
-`config.study` is the grid: methods × starts × source rounds (−1: the last) × seeds. Each method's pruning stage runs
-once, as an ordinary run directory WORKDIR/<method>/ (`protocol.run` with `config.method` set to it), and its final
-trainings are `final.modes` = the starts and `final.seeds` = the seeds, once per source round. The `dense` start
-depends on neither the method nor the round: it is trained once per seed, in the first method's directory from its
-last round, and reported as method `dense`. Everything is checkpointed: rerunning resumes, and widening the grid (a
-seed, a start, a round, a method) trains only the new entries. WORKDIR then holds:
+`config.study` is the grid: methods × starts × source rounds (−1: the last) × seeds, and optionally × pruning seeds.
+Each method's pruning stage runs once, as an ordinary run directory WORKDIR/<method>/ (`protocol.run` with
+`config.method` set to it), and its final trainings are `final.modes` = the starts and `final.seeds` = the seeds,
+once per source round. The `dense` start depends on neither the method nor the round: it is trained once per seed,
+in the first method's directory from its last round, and reported as method `dense`.
+
+`study.pruning_seeds` = (p, q, …) runs each method's pruning stage once per pruning seed (`config.seed` = p: its
+initialisation, data order and α draws), in WORKDIR/<method>/ for `config.seed` itself and WORKDIR/<method>_seed<p>/
+for the others, each with the same final seeds. The final trainings of one pruning run share its mask, so the
+pruning run is the unit of a claim: with several, each interval is over the pruning runs' means (a difference's n:
+pruning runs), differences are paired by pruning run and seed, and the dense start (which no pruning run changes) is
+trained once (with the first pruning seed's runs) and paired by seed.
+
+Everything is checkpointed: rerunning resumes, and widening the grid (a seed, a start, a round, a method, a pruning
+seed) trains only the new entries. WORKDIR then holds:
 
   study.csv                  one row per trained network (CSV_FIELDS)
   study.md                   mean ± std over seeds per (method, start, source round); the paired differences the
@@ -24,6 +33,7 @@ the one with BatchNorm statistics re-estimated at α = 0 (`recalibrated_test_acc
 import csv
 import math
 import os
+import re
 from typing import Mapping, Sequence
 
 import ml_collections
@@ -35,7 +45,7 @@ from aws_jax import config as config_lib
 from aws_jax.errors import UserError
 from aws_jax.rundir import Lock, RunDir
 
-CSV_FIELDS = ('method', 'start', 'source_round', 'fraction_left', 'seed', 'test_accuracy', 'test_loss',
+CSV_FIELDS = ('method', 'start', 'source_round', 'fraction_left', 'pruning_seed', 'seed', 'test_accuracy', 'test_loss',
               'train_accuracy', 'lmc_barrier', 'sgd_noise_barrier', 'epochs', 'wall_s')
 BARRIERS = ('lmc_barrier', 'sgd_noise_barrier')  # points of test error; empty where a start has none (docs/method.md)
 PAPER_STARTS = ('signed', 'signed_keep_norm', 'mask', 'retrain', 'dense')  # the paper's table, where trained
@@ -44,10 +54,22 @@ CONFIDENCE = 0.95
 FIGURES = ('accuracy_vs_sparsity.png', 'psi_reset_barrier.png', 'starts.png', 'signs.png', 'lmc.png')
 
 
-def method_config(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
-  """`config` for one method's run directory: that method, the study's seeds as final seeds."""
+def pruning_seeds(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The pruning runs' seeds: `study.pruning_seeds`, or `config.seed` alone."""
+  return tuple(config.study.pruning_seeds) or (config.seed,)
+
+
+def run_name(config: ml_collections.ConfigDict, method: str, pruning_seed: int) -> str:
+  """The run directory's name (under the study's workdir) of `method`'s pruning run with `pruning_seed`."""
+  return method if pruning_seed == config.seed else f'{method}_seed{pruning_seed}'
+
+
+def method_config(config: ml_collections.ConfigDict, method: str,
+                  pruning_seed: int | None = None) -> ml_collections.ConfigDict:
+  """`config` for one method's run directory: that method (and pruning seed), the study's seeds as final seeds."""
   derived = ml_collections.ConfigDict(config.to_dict())
   derived.method = method
+  derived.seed = config.seed if pruning_seed is None else pruning_seed
   derived.final.seeds = tuple(config.study.seeds)
   derived.final.source_round = -1
   return derived
@@ -63,8 +85,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UserError naming the first bad value of the config or its grid; creates and runs nothing."""
   config_lib.validate(config)
   study = config.study
-  for key in ('methods', 'starts', 'source_rounds', 'seeds'):
-    if not study[key]:
+  for key in ('methods', 'starts', 'source_rounds', 'seeds', 'pruning_seeds'):
+    if not study[key] and key != 'pruning_seeds':  # () there: one pruning run, with config.seed
       raise UserError(f'--config.study.{key} is empty; give at least one')
     if key != 'source_rounds' and len(set(study[key])) < len(study[key]):
       raise UserError(f'--config.study.{key}={tuple(study[key])} names one twice; give each once')
@@ -83,10 +105,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         f'rounds 0..{last} (-1 means the last)')
 
 
-def plan(config: ml_collections.ConfigDict) -> dict[str, list[tuple[int, tuple[str, ...]]]]:
-  """{method: [(source round, final.modes trained from it), ...]}: the grid as final-stage invocations.
+def plan(config: ml_collections.ConfigDict, dense: bool = True) -> dict[str, list[tuple[int, tuple[str, ...]]]]:
+  """{method: [(source round, final.modes trained from it), ...]}: the grid as final-stage invocations of one
+  pruning seed.
 
-  `dense` goes to the first method only, from its last round, so widening the grid never moves it.
+  `dense` goes to the first method only, from its last round, so widening the grid never moves it; and only to the
+  first pruning seed's runs (`dense`=False for the others): no pruning run changes it.
   """
   starts = tuple(s for s in config.study.starts if s != DENSE)
   if config.barrier.lmc and 'retrain' not in starts:
@@ -94,32 +118,35 @@ def plan(config: ml_collections.ConfigDict) -> dict[str, list[tuple[int, tuple[s
   runs = {}
   for index, method in enumerate(config.study.methods):
     rounds = {r: starts for r in source_rounds(config, method)}
-    if index == 0 and DENSE in config.study.starts:
+    if dense and index == 0 and DENSE in config.study.starts:
       last = config_lib.last_round(config, method)
       rounds[last] = rounds.get(last, ()) + (DENSE,)
     runs[method] = sorted(rounds.items())
   return runs
 
 
-def rows_of(config: ml_collections.ConfigDict, method: str, results: dict) -> list[dict]:
-  """The CSV rows of `method`'s run directory that belong to the grid (its results.json may hold more)."""
-  seeds, rounds = set(config.study.seeds), dict(plan(config)[method])
+def rows_of(config: ml_collections.ConfigDict, method: str, results: dict, pruning_seed: int | None = None,
+            dense: bool = True) -> list[dict]:
+  """The CSV rows of `method`'s run directory (of `pruning_seed`, default `config.seed`) that belong to the grid
+  (its results.json may hold more)."""
+  seeds, rounds = set(config.study.seeds), dict(plan(config, dense)[method])
   rows = []
   for f in results['final']:
     if f['seed'] in seeds and f['mode'] in rounds.get(f['source_round'], ()):
-      dense = f['mode'] == DENSE
-      rows.append({'method': DENSE if dense else method, 'start': f['mode'],
-                   'source_round': None if dense else f['source_round'],
-                   **{k: f.get(k) for k in CSV_FIELDS[3:]}})
+      is_dense = f['mode'] == DENSE
+      rows.append({'method': DENSE if is_dense else method, 'start': f['mode'],
+                   'source_round': None if is_dense else f['source_round'],
+                   'pruning_seed': config.seed if pruning_seed is None else pruning_seed,
+                   **{k: f.get(k) for k in CSV_FIELDS[3:] if k != 'pruning_seed'}})
   return rows
 
 
 def sort_rows(rows: Sequence[dict], methods: Sequence[str], starts: Sequence[str]) -> list[dict]:
-  """Rows in grid order: methods as given, then dense; starts as given; source round; seed."""
+  """Rows in grid order: methods as given, then dense; starts as given; source round; pruning seed; seed."""
   order = [*methods, DENSE]
   starts = list(starts) + [s for s in config_lib.MODES if s not in starts]  # retrain where the LMC barrier adds it
   return sorted(rows, key=lambda r: (order.index(r['method']), starts.index(r['start']),
-                                     r['source_round'] or 0, r['seed']))
+                                     r['source_round'] or 0, r.get('pruning_seed') or 0, r['seed']))
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -136,14 +163,32 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
   return mean, float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * sem
 
 
-def paired_differences(a: Mapping[int, float], b: Mapping[int, float]) -> list[float]:
-  """a[seed] − b[seed] for every seed both have, in seed order: the same seed is the same fresh initialisation."""
+def paired_differences(a: Mapping, b: Mapping) -> list[float]:
+  """a[key] − b[key] for every key (a seed, or a (pruning seed, seed) pair) both have, in key order: the same seed
+  is the same fresh initialisation."""
   return [a[s] - b[s] for s in sorted(set(a) & set(b))]
 
 
+def run_means(values: Mapping[tuple[int, int], float]) -> list[float]:
+  """{(pruning seed, seed): value} → each pruning run's mean value, in pruning-seed order."""
+  runs = {}
+  for (pruning_seed, _), value in values.items():
+    runs.setdefault(pruning_seed, []).append(value)
+  return [float(np.mean(runs[p])) for p in sorted(runs)]
+
+
+def interval(values: Mapping[tuple[int, int], float]) -> tuple[float, float, int]:
+  """(mean, half-width, n) of `values` keyed by (pruning seed, seed): over the seeds where one pruning run holds
+  them all, else over the pruning runs' means (the runs are the independent units)."""
+  means = run_means(values)
+  units = [values[k] for k in sorted(values)] if len(means) == 1 else means
+  return (*t_interval(units), len(units))
+
+
 def group_summaries(rows: Sequence[dict]) -> list[dict]:
-  """Per (method, start, source round), in row order: fraction left, n, and of the test accuracy the mean, the std
-  (ddof 1) and the half-width of the mean's t-interval (both NaN for n = 1)."""
+  """Per (method, start, source round), in row order: fraction left, n (networks), runs (pruning runs), and of the
+  test accuracy the mean, the std over networks (ddof 1) and the half-width of the mean's t-interval (`interval`:
+  over pruning runs where there are several; NaN for one value)."""
   groups = {}
   for r in rows:
     groups.setdefault((r['method'], r['start'], r['source_round']), []).append(r)
@@ -153,25 +198,36 @@ def group_summaries(rows: Sequence[dict]) -> list[dict]:
     barriers = {k: [r[k] for r in members if r.get(k) is not None] for k in BARRIERS}
     summaries.append({'method': method, 'start': start, 'source_round': source_round,
                       'fraction_left': members[0]['fraction_left'], 'n': len(members),
+                      'runs': len({r.get('pruning_seed') for r in members}),
                       'mean': float(np.mean(accuracies)),
                       'std': float(np.std(accuracies, ddof=1)) if len(members) > 1 else math.nan,
-                      'half_width': t_interval(accuracies)[1],
+                      'half_width': interval(cell(members, method, start, source_round))[1],
                       **{k: float(np.mean(v)) if v else math.nan for k, v in barriers.items()}})
   return summaries
 
 
-def by_seed(rows: Sequence[dict], method: str, start: str, source_round: int | None) -> dict[int, float]:
-  """{seed: test accuracy} of one grid cell."""
-  return {r['seed']: r['test_accuracy'] for r in rows
+def cell(rows: Sequence[dict], method: str, start: str, source_round: int | None) -> dict[tuple[int, int], float]:
+  """{(pruning seed, seed): test accuracy} of one grid cell."""
+  return {(r.get('pruning_seed'), r['seed']): r['test_accuracy'] for r in rows
           if (r['method'], r['start'], r['source_round']) == (method, start, source_round)}
 
 
+def _paired(a: Mapping[tuple[int, int], float], b: Mapping[tuple[int, int], float]) -> dict[tuple[int, int], float]:
+  """a − b per (pruning seed, seed) both have; a dense `b` (one pruning run's, which none changes) pairs by seed."""
+  if len({p for p, _ in b}) == 1 and len({p for p, _ in a}) > 1:
+    by_seed = {s: v for (_, s), v in b.items()}
+    b = {(p, s): by_seed[s] for p, s in a if s in by_seed}
+  return {k: a[k] - b[k] for k in sorted(set(a) & set(b))}
+
+
 def comparisons(rows: Sequence[dict], methods: Sequence[str]) -> list[dict]:
-  """The differences the claims rest on, paired by seed, per source round, where both sides were trained:
+  """The differences the claims rest on, paired by (pruning seed and) seed, per source round, where both sides were
+  trained:
   AWS signed − dense, AWS signed − LRR signed, LRR signed_keep_norm − LRR signed, and for each method signed − mask
   and signed − random_signs.
 
-  Each: {'label', 'source_round', 'n', 'mean', 'half_width'} in fractions of accuracy; half-width NaN for n < 2.
+  Each: {'label', 'source_round', 'n', 'mean', 'half_width'} in fractions of accuracy (`interval`: n seeds, or n
+  pruning runs where there are several); half-width NaN for n < 2.
   """
   rounds = sorted({r['source_round'] for r in rows if r['source_round'] is not None})
   pairs = []
@@ -185,11 +241,10 @@ def comparisons(rows: Sequence[dict], methods: Sequence[str]) -> list[dict]:
                       (method, other, k)))
   found = []
   for label, k, a, b in pairs:
-    differences = paired_differences(by_seed(rows, *a), by_seed(rows, *b))
+    differences = _paired(cell(rows, *a), cell(rows, *b))
     if differences:
-      mean, half_width = t_interval(differences)
-      found.append({'label': label, 'source_round': k, 'n': len(differences), 'mean': mean,
-                    'half_width': half_width})
+      mean, half_width, n = interval(differences)
+      found.append({'label': label, 'source_round': k, 'n': n, 'mean': mean, 'half_width': half_width})
   return found
 
 
@@ -205,9 +260,22 @@ def _points(value: float) -> str:
   return 'n/a' if value is None or math.isnan(value) else f'{value:.2f}'
 
 
+def method_of(run: str) -> str:
+  """The method of a pruning run's name (`run_name`): 'aws' of 'aws' and of 'aws_seed5'."""
+  return re.sub(r'_seed\d+$', '', run)
+
+
+def source_barrier(rounds: Mapping[str, list], method: str, source_round: int | None) -> float | None:
+  """The ψ-reset barrier of `method`'s source round, averaged over its pruning runs; None where none recorded it."""
+  barriers = [r['psi_reset_barrier'] for run, records in rounds.items() if method_of(run) == method
+              for r in records if r['round'] == source_round and 'psi_reset_barrier' in r]
+  return float(np.mean(barriers)) if barriers else None
+
+
 def paper_table(summaries: Sequence[dict], rounds: Mapping[str, list]) -> list[str]:
   """The paper's table: per method × start (PAPER_STARTS, where trained), the accuracy with its interval, the LMC and
-  SGD-noise barriers, and the ψ-reset barrier of the source round."""
+  SGD-noise barriers, and the ψ-reset barrier of the source round (means over pruning runs where there are several;
+  `rounds` maps each pruning run's name to its round records)."""
   lines = ['## The paper\'s table: accuracy (%), barriers (points of test error)', '',
            f'| method | start | source round | accuracy ± {100 * CONFIDENCE:.0f} % | LMC barrier to retrain | '
            'SGD-noise barrier | source ψ-reset barrier | n |',
@@ -217,10 +285,9 @@ def paper_table(summaries: Sequence[dict], rounds: Mapping[str, list]) -> list[s
                                                                                  order[s['start']]))
   for s in sorted(chosen, key=lambda s: (s['method'] == DENSE, s['method'], s['source_round'] or 0,
                                          order[s['start']])):
-    source = next((r for r in rounds.get(s['method'], []) if r['round'] == s['source_round']), {})
     lines.append(f'| {s["method"]} | {s["start"]} | {_round_name(s["source_round"])} | {_percent(s["mean"])} ± '
                  f'{_percent(s["half_width"])} | {_points(s["lmc_barrier"])} | {_points(s["sgd_noise_barrier"])} | '
-                 f'{_points(source.get("psi_reset_barrier"))} | {s["n"]} |')
+                 f'{_points(source_barrier(rounds, s["method"], s["source_round"]))} | {s["n"]} |')
   return lines + ['']
 
 
@@ -245,18 +312,21 @@ def markdown(summaries: Sequence[dict], differences: Sequence[dict], rounds: Map
   for s in summaries:
     lines.append(f'| {s["method"]} | {s["start"]} | {_round_name(s["source_round"])} | '
                  f'{100 * s["fraction_left"]:.2f} | {_percent(s["mean"])} | {_percent(s["std"])} | {s["n"]} |')
-  lines += ['', f'## Differences (points of test accuracy), paired by seed, {100 * CONFIDENCE:.0f} % t-interval', '',
+  several_runs = any(s.get('runs', 1) > 1 for s in summaries)
+  unit = 'over pruning runs (each run\'s mean; n: runs)' if several_runs else 'over seeds'
+  lines += ['', f'## Differences (points of test accuracy), paired by seed{" and pruning run" if several_runs else ""},'
+            f' {100 * CONFIDENCE:.0f} % t-interval {unit}', '',
             '| difference | source round | mean | ± half-width | interval | n |',
             '| --- | ---: | ---: | ---: | --- | ---: |']
   for d in differences:
-    interval = ('n/a' if math.isnan(d['half_width']) else
-                f'[{_percent(d["mean"] - d["half_width"])}, {_percent(d["mean"] + d["half_width"])}]')
+    bounds = ('n/a' if math.isnan(d['half_width']) else
+              f'[{_percent(d["mean"] - d["half_width"])}, {_percent(d["mean"] + d["half_width"])}]')
     lines.append(f'| {d["label"]} | {d["source_round"]} | {_percent(d["mean"])} | {_percent(d["half_width"])} | '
-                 f'{interval} | {d["n"]} |')
+                 f'{bounds} | {d["n"]} |')
   if not differences:
     lines.append('| (none: the grid lacks both sides of every comparison) | | | | | |')
-  for method, records in rounds.items():
-    lines += ['', f'## Pruning stage: {method}', '',
+  for run, records in rounds.items():
+    lines += ['', f'## Pruning stage: {run}', '',
               '| round | % left | test acc | recalibrated test acc | test error with ψ reset | '
               'ψ-reset barrier (points) |',
               '| ---: | ---: | ---: | ---: | ---: | ---: |']
@@ -318,7 +388,8 @@ def figures(config: ml_collections.ConfigDict, rows: Sequence[dict], summaries: 
   accuracies = {_label(s['method'], s['start'], s['source_round']): (100 * s['mean'], 100 * s['half_width'])
                 for s in summaries}
   gaps = {f'{d["label"]} r{d["source_round"]}': (100 * d['mean'], 100 * d['half_width']) for d in differences}
-  plots.plot_comparison(accuracies, gaps, paths['starts.png'], title=title, confidence=CONFIDENCE)
+  plots.plot_comparison(accuracies, gaps, paths['starts.png'], title=title, confidence=CONFIDENCE,
+                        pruning_runs=any(s.get('runs', 1) > 1 for s in summaries))
   if recorded & set(plots.SIGN_KEYS):
     plots.plot_sign_changes(run_dirs, paths['signs.png'])
   else:
@@ -335,29 +406,32 @@ def figures(config: ml_collections.ConfigDict, rows: Sequence[dict], summaries: 
 def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, str] | None = None) -> dict:
   """Runs (or resumes) the grid of `config.study` and writes the study's files in `workdir`.
 
-  One `Setup` (data loaded once, each step compiled once) serves every method's pruning stage and final trainings.
-  `run_dirs` may place a method's run directory elsewhere (e.g. one that `python -m aws_jax.main` already filled
-  with the same config). Returns {'rows', 'summaries', 'differences', 'rounds': {method: round records},
-  'run_dirs', 'files'}. Raises UserError for a bad grid before anything is created.
+  One `Setup` (data loaded once, each step compiled once) serves every pruning run and final training.
+  `run_dirs` may place a pruning run's directory elsewhere, by its `run_name` (e.g. one that `python -m aws_jax.main`
+  already filled with the same config). Returns {'rows', 'summaries', 'differences', 'rounds': {run name: round
+  records}, 'run_dirs', 'files'}. Raises UserError for a bad grid before anything is created.
   """
   validate(config)
   from aws_jax import engine, protocol  # pylint: disable=import-outside-toplevel  # heavy: after the checks
-  directories = {m: (run_dirs or {}).get(m, os.path.join(workdir, m)) for m in config.study.methods}
+  runs = {run_name(config, m, p): (m, p, index == 0) for index, p in enumerate(pruning_seeds(config))
+          for m in config.study.methods}
+  directories = {name: (run_dirs or {}).get(name, os.path.join(workdir, name)) for name in runs}
   study_dir = RunDir(workdir)
   study_dir.check_writable()
   rows, rounds, times = [], {}, {}
   with Lock(study_dir):
     setup = engine.make_setup(config)
-    for method, invocations in plan(config).items():
-      rundir = RunDir(directories[method])
+    for name, (method, pruning_seed, first) in runs.items():
+      seeded = method_config(config, method, pruning_seed)
+      rundir = RunDir(directories[name])
       rundir.check_writable()
       with Lock(rundir):
-        protocol.prepare(config, rundir, method)
-        results = protocol.run_method(setup, rundir, method=method, stage='all', finals=invocations,
-                                      seeds=tuple(config.study.seeds))
-      rows += rows_of(config, method, results)
-      rounds[method] = results['rounds']
-      times[method] = time_account(results)
+        protocol.prepare(seeded, rundir, method)
+        results = protocol.run_method(setup.with_seed(pruning_seed), rundir, method=method, stage='all',
+                                      finals=plan(config, dense=first)[method], seeds=tuple(config.study.seeds))
+      rows += rows_of(config, method, results, pruning_seed, dense=first)
+      rounds[name] = results['rounds']
+      times[name] = time_account(results)
     rows = sort_rows(rows, config.study.methods, config.study.starts)
     summaries, differences = group_summaries(rows), comparisons(rows, config.study.methods)
     write_csv(rows, os.path.join(workdir, 'study.csv'))

@@ -108,3 +108,18 @@ def test_command_line_writes_every_figure_it_can(runs, tmp_path):
   result = subprocess.run([sys.executable, '-m', 'aws_jax.plots', f'--workdirs={tmp_path / "nothing"}'],
                           cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
   assert result.returncode == 2 and result.stderr.startswith('error: no results.json in'), result.stderr
+
+
+def test_sparsity_axis_keeps_every_level_in_view_when_ticks_are_thinned():
+  """Ten rounds of 30 % pruning: ticks at every other level, but the sparsest (4.04 %) still inside the axis."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  from matplotlib import pyplot  # pylint: disable=import-outside-toplevel
+  levels = [100 * 0.7 ** k for k in range(10)]
+  ax = pyplot.figure().subplots()
+  ax.plot(levels, range(10))
+  plots._sparsity_axis(ax, levels)  # pylint: disable=protected-access
+  assert len(ax.get_xticks()) < len(levels)
+  high, low = ax.get_xlim()
+  assert high > max(levels) and low < min(levels)
+  pyplot.close('all')

@@ -74,11 +74,37 @@ def test_t_interval_by_hand():
   assert study.paired_differences({2: 1.0}, {3: 1.0}) == []
 
 
-def row(method, start, seed, accuracy, source_round=3):
+def row(method, start, seed, accuracy, source_round=3, pruning_seed=1):
   dense = method == 'dense'
   return {'method': method, 'start': start, 'source_round': None if dense else source_round,
-          'fraction_left': 1.0 if dense else 0.512, 'seed': seed, 'test_accuracy': accuracy, 'test_loss': 0.1,
-          'train_accuracy': 1.0, 'epochs': 2, 'wall_s': 1.0}
+          'fraction_left': 1.0 if dense else 0.512, 'pruning_seed': pruning_seed, 'seed': seed,
+          'test_accuracy': accuracy, 'test_loss': 0.1, 'train_accuracy': 1.0, 'epochs': 2, 'wall_s': 1.0}
+
+
+def test_several_pruning_runs_are_the_units_of_intervals():
+  """Two pruning runs (seeds 1 and 7) × two final seeds: each interval is over the runs' means; dense, trained
+  with the first run only, pairs with every run by final seed."""
+  rows = [row('aws', 'signed', 2, 0.90), row('aws', 'signed', 3, 0.80), row('aws', 'signed', 2, 0.70, pruning_seed=7),
+          row('aws', 'signed', 3, 0.60, pruning_seed=7), row('lrr', 'signed', 2, 0.85), row('lrr', 'signed', 3, 0.75),
+          row('lrr', 'signed', 2, 0.72, pruning_seed=7), row('lrr', 'signed', 3, 0.58, pruning_seed=7),
+          row('dense', 'dense', 2, 0.95), row('dense', 'dense', 3, 0.85)]
+  summaries = {(s['method'], s['start']): s for s in study.group_summaries(rows)}
+  aws = summaries['aws', 'signed']
+  assert (aws['n'], aws['runs']) == (4, 2)
+  np.testing.assert_allclose([aws['mean'], aws['std']], [0.75, np.std([0.9, 0.8, 0.7, 0.6], ddof=1)])
+  np.testing.assert_allclose(aws['half_width'], 12.706205 * 0.1, rtol=1e-6)  # run means 0.85, 0.65: std 0.1·√2
+  np.testing.assert_allclose(summaries['dense', 'dense']['half_width'], 12.706205 * 0.05, rtol=1e-6)  # over seeds
+  differences = {d['label']: d for d in study.comparisons(rows, ('aws', 'lrr'))}
+  # AWS − LRR per run: (0.05, 0.05) → 0.05 and (−0.02, 0.02) → 0; over the 2 runs: 0.025 ± t · 0.025.
+  versus_lrr = differences['AWS signed − LRR signed']
+  assert versus_lrr['n'] == 2
+  np.testing.assert_allclose([versus_lrr['mean'], versus_lrr['half_width']], [0.025, 12.706205 * 0.025], rtol=1e-6)
+  # AWS − dense, dense paired by seed with both runs: run 1 −0.05, run 7 −0.25.
+  versus_dense = differences['AWS signed − dense']
+  assert versus_dense['n'] == 2
+  np.testing.assert_allclose([versus_dense['mean'], versus_dense['half_width']], [-0.15, 12.706205 * 0.1], rtol=1e-6)
+  table = study.markdown(list(summaries.values()), list(differences.values()), {})
+  assert 'paired by seed and pruning run, 95 % t-interval over pruning runs' in table
 
 
 def test_summaries_and_differences_pair_by_seed():
@@ -286,3 +312,31 @@ def test_the_pruning_table_gives_the_psi_reset_barrier_with_its_ends():
   table = study.markdown([], [], {'lrr': [record], 'aws': [{'round': 0, 'fraction_left': 1.0, 'test_accuracy': 0.5}]})
   assert '| 9 | 4.04 | 18.06 | 82.86 | 42.31 | 12.59 |' in table
   assert '| 0 | 100.00 | 50.00 | n/a | n/a | n/a |' in table
+
+
+def test_pruning_seeds_widen_a_study_with_pruning_runs(tmp_path):
+  """study.pruning_seeds adds a pruning run per seed beside the existing one (<method>_seed<p>/), trains dense once,
+  and makes the pruning runs the units of the differences; the run with config.seed is the one already there."""
+  overrides = {'study.methods': ('aws', 'lrr'), 'study.starts': ('signed', 'dense'), 'barrier.lmc': False,
+               'barrier.sgd_noise': False}
+  workdir = tmp_path / 'study'
+  first = study.run(study_config(**overrides), str(workdir))
+  assert {d['n'] for d in first['differences']} == {2}  # seeds
+  checkpoints = {m: file_times(RunDir(workdir / m).checkpoint_root) for m in ('aws', 'lrr')}
+  seed = study_config().seed
+  widened = study.run(study_config(**overrides, **{'study.pruning_seeds': (seed, seed + 6)}), str(workdir))
+  assert {m: file_times(RunDir(workdir / m).checkpoint_root) for m in ('aws', 'lrr')} == checkpoints
+  assert set(widened['run_dirs']) == {'aws', 'lrr', f'aws_seed{seed + 6}', f'lrr_seed{seed + 6}'}
+  other = json.loads(pathlib.Path(RunDir(workdir / f'aws_seed{seed + 6}').results).read_text())
+  assert {f['mode'] for f in other['final']} == {'signed'}  # dense: with the first pruning seed's runs only
+  assert json.loads(pathlib.Path(RunDir(workdir / f'aws_seed{seed + 6}').config).read_text())['seed'] == seed + 6
+  masks_differ = other['rounds'][-1]['test_accuracy'] != first['rounds']['aws'][-1]['test_accuracy']
+  assert masks_differ  # another initialisation and data order: another pruning run
+  rows = read_csv(workdir / 'study.csv')
+  assert {(r['method'], r['pruning_seed']) for r in rows} == {('aws', str(seed)), ('aws', str(seed + 6)),
+                                                              ('lrr', str(seed)), ('lrr', str(seed + 6)),
+                                                              ('dense', str(seed))}
+  assert {d['label']: d['n'] for d in widened['differences']} == {'AWS signed − dense': 2,
+                                                                  'AWS signed − LRR signed': 2}  # runs
+  table = (workdir / 'study.md').read_text()
+  assert f'## Pruning stage: lrr_seed{seed + 6}' in table and 'over pruning runs' in table
