@@ -150,6 +150,9 @@ def test_bad_command_line_is_refused_on_one_line(tmp_path, flag, fragments):
     ({'dataset': 'imagenet'}, ('imagenet', 'cifar10')),
     ({'final.modes': ('signed', 'random')}, ('random', 'mask')),
     ({'optimizer.lr': -1.0}, ('optimizer.lr',)),
+    ({'seed': -3}, ('--config.seed=-3', 'non-negative integers')),  # numpy's PRNG would refuse it mid-run
+    ({'final.seeds': (2, -1)}, ('final.seeds=(2, -1)', 'non-negative')),
+    ({'study.pruning_seeds': (1, 2.5)}, ('study.pruning_seeds=(1, 2.5)', 'non-negative integers')),
 ])
 def test_bad_config_values_are_refused(overrides, fragments):
   with pytest.raises(UserError) as error:

@@ -138,6 +138,8 @@ def test_summaries_and_differences_pair_by_seed():
     ({'study.seeds': ()}, '--config.study.seeds is empty'),
     ({'study.methods': ()}, '--config.study.methods is empty'),
     ({'study.seeds': (2, 3, 2)}, '--config.study.seeds=(2, 3, 2) names one twice'),
+    ({'study.pruning_seeds': (1, 5, 1)}, '--config.study.pruning_seeds=(1, 5, 1) names one twice'),
+    ({'study.pruning_seeds': (1, -1)}, '--config.study.pruning_seeds=(1, -1): seeds must be non-negative'),
 ])
 def test_bad_grids_fail_before_anything_is_created(tmp_path, overrides, message):
   workdir = tmp_path / 'study'
