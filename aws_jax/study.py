@@ -366,13 +366,16 @@ def figures(config: ml_collections.ConfigDict, rows: Sequence[dict], summaries: 
             differences: Sequence[dict], rounds: Mapping[str, list], run_dirs: Sequence[str], out: str) -> list[str]:
   """The study's figures (FIGURES, those the runs recorded data for) in `out`; returns their paths.
 
-  `rounds` maps each method to its pruning stage's round records; `run_dirs` are the methods' run directories.
+  `rounds` maps each pruning run to its round records; `run_dirs` are their run directories. A method's pruning runs
+  are pooled in every figure.
   """
   from aws_jax import plots  # pylint: disable=import-outside-toplevel  # matplotlib: slow to import
   paths = {name: os.path.join(out, name) for name in FIGURES}
   title = f'{config.model} on {config.dataset}'
-  stage = {method: [(100 * r['fraction_left'], 100 * plots.stage_accuracy(r)) for r in records]
-           for method, records in rounds.items()}
+  stage = {}  # a method's pruning runs pooled: the figure averages them at each sparsity
+  for run, records in rounds.items():
+    stage.setdefault(method_of(run), []).extend((100 * r['fraction_left'], 100 * plots.stage_accuracy(r))
+                                                for r in records)
   final, dense = {}, []
   for r in rows:
     if r['method'] == DENSE:
@@ -395,7 +398,9 @@ def figures(config: ml_collections.ConfigDict, rows: Sequence[dict], summaries: 
   else:
     del paths['signs.png']
   from aws_jax import analyses  # pylint: disable=import-outside-toplevel  # JAX: only once results exist
-  pairs = {method: analyses.stored_pairs(RunDir(d)) for method, d in zip(rounds, run_dirs)}
+  pairs = {}
+  for run, directory in zip(rounds, run_dirs):
+    pairs.setdefault(method_of(run), []).extend(analyses.stored_pairs(RunDir(directory)))
   if any(plots.pair_kind(c) for curves in pairs.values() for c in curves):
     plots.plot_pair_curves(pairs, paths['lmc.png'], title=title)
   else:
