@@ -192,16 +192,18 @@ def check_same_config(rundir: RunDir, fingerprint: dict, overwrite: bool) -> lis
 
 
 class Lock:
-  """An exclusive lock on a run directory while a run uses it: a second process is refused on one line."""
+  """An exclusive lock on a run directory while a run uses it: a second process is refused on one line (or, with
+  `wait`, waits for it: for short holds such as writing a study's files)."""
 
-  def __init__(self, rundir: RunDir):
+  def __init__(self, rundir: RunDir, wait: bool = False):
     self.path = rundir.lock
+    self.wait = wait
     self._file = None
 
   def __enter__(self):
     self._file = open(self.path, 'a+')  # pylint: disable=consider-using-with
     try:
-      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(self._file, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
     except OSError as e:
       if e.errno not in (errno.EAGAIN, errno.EACCES):
         raise

@@ -411,7 +411,10 @@ def figures(config: ml_collections.ConfigDict, rows: Sequence[dict], summaries: 
 def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, str] | None = None) -> dict:
   """Runs (or resumes) the grid of `config.study` and writes the study's files in `workdir`.
 
-  One `Setup` (data loaded once, each step compiled once) serves every pruning run and final training.
+  One `Setup` (data loaded once, each step compiled once) serves every pruning run and final training. Each run
+  directory is locked while it is used and the workdir while the study's files are written, so studies of
+  different pruning seeds can run at once on one workdir (on an accelerator, faster than in turn); the full grid,
+  run after them, trains nothing more and writes the combined tables.
   `run_dirs` may place a pruning run's directory elsewhere, by its `run_name` (e.g. one that `python -m aws_jax.main`
   already filled with the same config). Returns {'rows', 'summaries', 'differences', 'rounds': {run name: round
   records}, 'run_dirs', 'files'}. Raises UserError for a bad grid before anything is created.
@@ -424,21 +427,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
   study_dir = RunDir(workdir)
   study_dir.check_writable()
   rows, rounds, times = [], {}, {}
-  with Lock(study_dir):
-    setup = engine.make_setup(config)
-    for name, (method, pruning_seed, first) in runs.items():
-      seeded = method_config(config, method, pruning_seed)
-      rundir = RunDir(directories[name])
-      rundir.check_writable()
-      with Lock(rundir):
-        protocol.prepare(seeded, rundir, method)
-        results = protocol.run_method(setup.with_seed(pruning_seed), rundir, method=method, stage='all',
-                                      finals=plan(config, dense=first)[method], seeds=tuple(config.study.seeds))
-      rows += rows_of(config, method, results, pruning_seed, dense=first)
-      rounds[name] = results['rounds']
-      times[name] = time_account(results)
-    rows = sort_rows(rows, config.study.methods, config.study.starts)
-    summaries, differences = group_summaries(rows), comparisons(rows, config.study.methods)
+  setup = engine.make_setup(config)
+  for name, (method, pruning_seed, first) in runs.items():  # each run directory locked while it is used
+    seeded = method_config(config, method, pruning_seed)
+    rundir = RunDir(directories[name])
+    rundir.check_writable()
+    with Lock(rundir):
+      protocol.prepare(seeded, rundir, method)
+      results = protocol.run_method(setup.with_seed(pruning_seed), rundir, method=method, stage='all',
+                                    finals=plan(config, dense=first)[method], seeds=tuple(config.study.seeds))
+    rows += rows_of(config, method, results, pruning_seed, dense=first)
+    rounds[name] = results['rounds']
+    times[name] = time_account(results)
+  rows = sort_rows(rows, config.study.methods, config.study.starts)
+  summaries, differences = group_summaries(rows), comparisons(rows, config.study.methods)
+  with Lock(study_dir, wait=True):  # the study's own files: another study of this workdir may be writing its own
     write_csv(rows, os.path.join(workdir, 'study.csv'))
     table = markdown(summaries, differences, rounds, times)
     with open(os.path.join(workdir, 'study.md'), 'w') as f:
@@ -457,7 +460,7 @@ def main(argv, config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder):
     validate(config)
   except UserError as e:
     cli.exit_with(e)
-  cli.check_workdir(workdir_flag.value)
+  cli.check_workdir(workdir_flag.value, probe_lock=False)  # run directories are locked as they are used
   from aws_jax import allocator  # pylint: disable=import-outside-toplevel
   allocator.restart_with_tcmalloc()  # after the checks above: a bad input is answered without the restart
   from aws_jax import preemption  # pylint: disable=import-outside-toplevel

@@ -13,7 +13,7 @@ import pytest
 
 from aws_jax import plots, study
 from aws_jax.errors import UserError
-from aws_jax.rundir import RunDir
+from aws_jax.rundir import Lock, RunDir
 from conftest import REPO, SUBPROCESS_TIMEOUT
 
 # configs/digits.py:study shrunk to a couple of minutes: 2 rounds, 2-epoch final trainings, cheap ψ-reset barriers.
@@ -342,3 +342,29 @@ def test_pruning_seeds_widen_a_study_with_pruning_runs(tmp_path):
                                                                   'AWS signed − LRR signed': 2}  # runs
   table = (workdir / 'study.md').read_text()
   assert f'## Pruning stage: lrr_seed{seed + 6}' in table and 'over pruning runs' in table
+
+
+def test_studies_of_different_pruning_seeds_run_at_once_on_one_workdir(tmp_path):
+  """Each pruning run's directory is locked while it is used, the workdir only while the study's files are written:
+  two studies of different pruning seeds run at once on one workdir (another process and this one), then the full
+  grid trains nothing more and pairs the two runs; a study that needs a directory in use is refused on one line."""
+  overrides = {'study.methods': ('aws',), 'study.starts': ('signed', 'mask'), 'barrier.lmc': False,
+               'barrier.sgd_noise': False, 'barrier.psi_reset': False, 'prune.rounds': 1}
+  workdir, seed = tmp_path / 'study', study_config().seed
+  command = [sys.executable, '-m', 'aws_jax.study', f'--config={REPO}/configs/digits.py:study', f'--workdir={workdir}',
+             *flags_of({**TINY_STUDY, **overrides, 'study.pruning_seeds': (seed,)})]
+  other = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    study.run(study_config(**overrides, **{'study.pruning_seeds': (seed + 6,)}), str(workdir))
+  finally:
+    _, stderr = other.communicate(timeout=SUBPROCESS_TIMEOUT)
+  assert other.returncode == 0, stderr[-3000:]
+  trained = {**file_times(RunDir(workdir / 'aws').checkpoint_root),
+             **file_times(RunDir(workdir / f'aws_seed{seed + 6}').checkpoint_root)}
+  both = study.run(study_config(**overrides, **{'study.pruning_seeds': (seed, seed + 6)}), str(workdir))
+  assert {**file_times(RunDir(workdir / 'aws').checkpoint_root),
+          **file_times(RunDir(workdir / f'aws_seed{seed + 6}').checkpoint_root)} == trained
+  assert [(d['label'], d['n']) for d in both['differences']] == [('AWS signed − AWS mask', 2)]
+  with Lock(RunDir(workdir / 'aws')):
+    with pytest.raises(UserError, match='in use by a running aws_jax process'):
+      study.run(study_config(**overrides), str(workdir))
