@@ -155,9 +155,11 @@ def _title(configs: Sequence[dict]) -> str:
 
 
 def _sparsity_axis(ax, xs) -> None:
-  """Log-scale % weights left, decreasing to the right, every plotted level in view, ticks at (at most 8 of) them."""
+  """Log-scale % weights left, decreasing to the right, every plotted level in view, ticks at (at most 9 of) them,
+  the sparsest among them."""
   levels = sorted(set(xs), reverse=True)
   ticks = levels[::math.ceil(len(levels) / 8)] if levels else levels
+  ticks += [] if not levels or ticks[-1] == levels[-1] else [levels[-1]]
   ax.set_xscale('log')
   ax.set_xticks(ticks, [f'{t:.3g}' for t in ticks])
   ax.minorticks_off()
@@ -256,7 +258,8 @@ def plot_accuracy_vs_sparsity(workdirs: Sequence[str], path: str) -> dict:
 
 
 def plot_psi_reset_barriers(workdirs: Sequence[str], path: str) -> dict:
-  """The error barrier between each pruning round's solution and its ψ-reset counterpart, one line per method."""
+  """The error barrier between each pruning round's solution and its ψ-reset counterpart, one line per method: the
+  mean over that method's runs (pruning seeds), shaded ± one standard deviation where there are several."""
   points, configs = collections.defaultdict(list), []
   for workdir in workdirs:
     results, config = load_results(workdir)
@@ -269,16 +272,20 @@ def plot_psi_reset_barriers(workdirs: Sequence[str], path: str) -> dict:
                     f'--config.barrier.psi_reset=True')
   fig = _figure(figsize=(7, 4.5), layout='constrained')
   ax = fig.subplots()
-  all_x = []
-  for method, (xs, ys, _) in _mean_lines(points).items():
+  all_x, spread = [], {}
+  for method, (xs, ys, stds) in _mean_lines(points).items():
     linestyle, marker = METHOD_STYLES.get(method, ('-.', '^'))
-    ax.plot(xs, ys, linestyle=linestyle, marker=marker, label=method.upper())
+    line, = ax.plot(xs, ys, linestyle=linestyle, marker=marker, label=method.upper())
+    if not np.all(np.isnan(stds)):
+      low, high = (np.array(ys) + sign * np.nan_to_num(stds) for sign in (-1, 1))
+      ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, label=f'{method.upper()} ± 1 std over runs')
+      spread[method.upper()] = stds
     all_x += xs
   _sparsity_axis(ax, all_x)
   ax.set(ylabel='error barrier to the ψ-reset network (points)', title=_title(configs))
   _legend_outside(ax)
   fig.savefig(path, dpi=150)
-  return {'barrier': _lines(ax)}
+  return {'barrier': _lines(ax), 'spread': spread}
 
 
 SIGN_KEYS = {'signs_changed_from_init': 'since initialisation',

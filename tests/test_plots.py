@@ -23,13 +23,13 @@ def assert_png(path):
   assert height > 300 and width > 300
 
 
-def write_run(directory, method, final, barriers=True):
-  """A workdir as the protocol leaves it: results.json (2 rounds) and config.json."""
+def write_run(directory, method, final, barriers=True, values=None):
+  """A workdir as the protocol leaves it: results.json (3 rounds) and config.json; `values`: its ψ-reset barriers."""
   os.makedirs(directory)
   rounds = [{'round': k, 'method': method, 'fraction_left': 0.8 ** k, 'test_accuracy': acc, 'train_accuracy': 1.0}
             for k, acc in enumerate((0.95, 0.94, 0.93))]
   if barriers:
-    for r, value in zip(rounds, (0.5, 3.0, 7.5) if method == 'lrr' else (0.2, 0.4, 0.6)):
+    for r, value in zip(rounds, values or ((0.5, 3.0, 7.5) if method == 'lrr' else (0.2, 0.4, 0.6))):
       r['psi_reset_barrier'] = value
   with open(RunDir(directory).results, 'w') as f:
     json.dump({'rounds': rounds, 'final': final}, f)
@@ -74,6 +74,11 @@ def test_psi_reset_barrier_per_round_and_method(runs, tmp_path):
   np.testing.assert_allclose(lines['LRR']['y'], [0.5, 3.0, 7.5])
   np.testing.assert_allclose(lines['AWS']['x'], [100, 80, 64])
   np.testing.assert_allclose(lines['AWS']['y'], [0.2, 0.4, 0.6])
+  assert plots.plot_psi_reset_barriers(runs, path)['spread'] == {'AWS': [0.0, 0.0, 0.0]}  # two equal AWS runs
+  other = write_run(tmp_path / 'lrr_seed7', 'lrr', [], values=(1.5, 5.0, 4.5))  # another pruning run of LRR
+  drawn = plots.plot_psi_reset_barriers([*runs, other], path)
+  np.testing.assert_allclose(drawn['barrier']['LRR']['y'], [1.0, 4.0, 6.0])
+  np.testing.assert_allclose(drawn['spread']['LRR'], np.sqrt([0.5, 2.0, 4.5]))  # |a − b| / √2
   bare = write_run(tmp_path / 'bare', 'aws', [], barriers=False)
   with pytest.raises(UserError, match='no ψ-reset barriers'):
     plots.plot_psi_reset_barriers([bare], path)
@@ -119,7 +124,7 @@ def test_sparsity_axis_keeps_every_level_in_view_when_ticks_are_thinned():
   ax = pyplot.figure().subplots()
   ax.plot(levels, range(10))
   plots._sparsity_axis(ax, levels)  # pylint: disable=protected-access
-  assert len(ax.get_xticks()) < len(levels)
+  assert len(ax.get_xticks()) < len(levels) and min(ax.get_xticks()) == min(levels)
   high, low = ax.get_xlim()
   assert high > max(levels) and low < min(levels)
   pyplot.close('all')
