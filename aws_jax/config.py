@@ -174,11 +174,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
            f'final.modes has {mode}, which needs the trained source network, not a signs file (it holds no weights '
            f'and no ψ): drop it, or run from the pruning workdir without --config.final.signed_mask')
   _check(len(config.final.seeds) > 0, '--config.final.seeds is empty; give at least one seed')
-  for key in ('seed', 'final.seeds', 'study.seeds', 'study.pruning_seeds'):  # PRNG seeds: non-negative integers
-    node, leaf = (config, key) if '.' not in key else (config[key.split('.')[0]], key.split('.')[1])
-    values = node[leaf] if isinstance(node[leaf], (tuple, list)) else (node[leaf],)
+  for key, value in (('seed', config.seed), ('final.seeds', config.final.seeds), ('study.seeds', config.study.seeds),
+                     ('study.pruning_seeds', config.study.pruning_seeds)):  # PRNG seeds
+    values = value if isinstance(value, (tuple, list)) else (value,)
     _check(all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values),
-           f'--config.{key}={node[leaf]!r}: seeds must be non-negative integers')
+           f'--config.{key}={value!r}: seeds must be non-negative integers')
   _check(config.barrier.points >= 2, f'--config.barrier.points={config.barrier.points} must be at least 2')
   _check(config.barrier.bn_batches >= -1,
          f'--config.barrier.bn_batches={config.barrier.bn_batches} must be -1 (one epoch), 0 (none) or positive')

@@ -34,10 +34,9 @@ class Setup:
   mesh: jax.sharding.Mesh
   _built: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
-  def with_seed(self, seed: int) -> 'Setup':
-    """This setup for another pruning seed (`config.seed`): the same data, model and compiled functions."""
-    config = ml_collections.ConfigDict(self.config.to_dict())
-    config.seed = seed
+  def with_config(self, config: ml_collections.ConfigDict) -> 'Setup':
+    """This setup under `config`, which differs from its own only in what the data, the model and the compiled
+    functions do not depend on (the seed, the method, the final seeds): those are shared."""
     return dataclasses.replace(self, config=config)
 
   @property

@@ -163,12 +163,6 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
   return mean, float(stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * sem
 
 
-def paired_differences(a: Mapping, b: Mapping) -> list[float]:
-  """a[key] − b[key] for every key (a seed, or a (pruning seed, seed) pair) both have, in key order: the same seed
-  is the same fresh initialisation."""
-  return [a[s] - b[s] for s in sorted(set(a) & set(b))]
-
-
 def run_means(values: Mapping[tuple[int, int], float]) -> list[float]:
   """{(pruning seed, seed): value} → each pruning run's mean value, in pruning-seed order."""
   runs = {}
@@ -212,8 +206,10 @@ def cell(rows: Sequence[dict], method: str, start: str, source_round: int | None
           if (r['method'], r['start'], r['source_round']) == (method, start, source_round)}
 
 
-def _paired(a: Mapping[tuple[int, int], float], b: Mapping[tuple[int, int], float]) -> dict[tuple[int, int], float]:
-  """a − b per (pruning seed, seed) both have; a dense `b` (one pruning run's, which none changes) pairs by seed."""
+def paired_differences(a: Mapping[tuple[int, int], float],
+                       b: Mapping[tuple[int, int], float]) -> dict[tuple[int, int], float]:
+  """a − b per (pruning seed, seed) both have, in key order: the same seed is the same fresh initialisation. A dense
+  `b` (one pruning run's, which none changes) pairs with every run of `a` by seed."""
   if len({p for p, _ in b}) == 1 and len({p for p, _ in a}) > 1:
     by_seed = {s: v for (_, s), v in b.items()}
     b = {(p, s): by_seed[s] for p, s in a if s in by_seed}
@@ -241,7 +237,7 @@ def comparisons(rows: Sequence[dict], methods: Sequence[str]) -> list[dict]:
                       (method, other, k)))
   found = []
   for label, k, a, b in pairs:
-    differences = _paired(cell(rows, *a), cell(rows, *b))
+    differences = paired_differences(cell(rows, *a), cell(rows, *b))
     if differences:
       mean, half_width, n = interval(differences)
       found.append({'label': label, 'source_round': k, 'n': n, 'mean': mean, 'half_width': half_width})
@@ -434,7 +430,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
     rundir.check_writable()
     with Lock(rundir):
       protocol.prepare(seeded, rundir, method)
-      results = protocol.run_method(setup.with_seed(pruning_seed), rundir, method=method, stage='all',
+      results = protocol.run_method(setup.with_config(seeded), rundir, method=method, stage='all',
                                     finals=plan(config, dense=first)[method], seeds=tuple(config.study.seeds))
     rows += rows_of(config, method, results, pruning_seed, dense=first)
     rounds[name] = results['rounds']

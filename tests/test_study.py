@@ -62,7 +62,8 @@ def without_wall(row: dict) -> dict:
 
 def test_t_interval_by_hand():
   # Differences 0.10, 0.05, 0.15: mean 0.10, sample std 0.05, t(0.975, 2 dof) = 4.302653 (tables).
-  differences = study.paired_differences({2: 0.90, 3: 0.85, 4: 0.95}, {2: 0.80, 3: 0.80, 4: 0.80, 5: 0.70})
+  differences = list(study.paired_differences({(1, 2): 0.90, (1, 3): 0.85, (1, 4): 0.95},
+                                              {(1, 2): 0.80, (1, 3): 0.80, (1, 4): 0.80, (1, 5): 0.70}).values())
   np.testing.assert_allclose(differences, [0.10, 0.05, 0.15])
   mean, half_width = study.t_interval(differences)
   np.testing.assert_allclose([mean, half_width], [0.10, 4.302653 * 0.05 / math.sqrt(3)], rtol=1e-6)
@@ -71,7 +72,7 @@ def test_t_interval_by_hand():
   np.testing.assert_allclose(study.t_interval([1.0, 3.0], confidence=0.9), [2.0, 6.313752], rtol=1e-6)
   mean, half_width = study.t_interval([0.7])
   assert mean == 0.7 and math.isnan(half_width)
-  assert study.paired_differences({2: 1.0}, {3: 1.0}) == []
+  assert study.paired_differences({(1, 2): 1.0}, {(1, 3): 1.0}) == {}
 
 
 def row(method, start, seed, accuracy, source_round=3, pruning_seed=1):
