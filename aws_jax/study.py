@@ -14,7 +14,8 @@ initialisation, data order and α draws), in WORKDIR/<method>/ for `config.seed`
 for the others, each with the same final seeds. The final trainings of one pruning run share its mask, so the
 pruning run is the unit of a claim: with several, each interval is over the pruning runs' means (a difference's n:
 pruning runs), differences are paired by pruning run and seed, and the dense start (which no pruning run changes) is
-trained once (with the first pruning seed's runs) and paired by seed.
+trained once (with the first pruning seed's runs) and paired by seed. `--parallel` runs each pruning seed's part in a
+process of its own, all at once (`run_at_once`; for an accelerator), then writes the combined tables.
 
 Everything is checkpointed: rerunning resumes, and widening the grid (a seed, a start, a round, a method, a pruning
 seed) trains only the new entries. WORKDIR then holds:
@@ -34,6 +35,10 @@ import csv
 import math
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from typing import Mapping, Sequence
 
 import ml_collections
@@ -413,10 +418,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
   run after them, trains nothing more and writes the combined tables.
   `run_dirs` may place a pruning run's directory elsewhere, by its `run_name` (e.g. one that `python -m aws_jax.main`
   already filled with the same config). Returns {'rows', 'summaries', 'differences', 'rounds': {run name: round
-  records}, 'run_dirs', 'files'}. Raises UserError for a bad grid before anything is created.
+  records}, 'run_dirs', 'files'}. Raises UserError for a bad grid before anything is created. SIGTERM / SIGINT stop it
+  after the current step with a checkpoint written (`preemption.Stopped`); calling it again resumes.
   """
   validate(config)
-  from aws_jax import engine, protocol  # pylint: disable=import-outside-toplevel  # heavy: after the checks
+  from aws_jax import engine, preemption, protocol  # pylint: disable=import-outside-toplevel  # heavy: after the checks
   runs = {run_name(config, m, p): (m, p, index == 0) for index, p in enumerate(pruning_seeds(config))
           for m in config.study.methods}
   directories = {name: (run_dirs or {}).get(name, os.path.join(workdir, name)) for name in runs}
@@ -424,17 +430,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
   study_dir.check_writable()
   rows, rounds, times = [], {}, {}
   setup = engine.make_setup(config)
-  for name, (method, pruning_seed, first) in runs.items():  # each run directory locked while it is used
-    seeded = method_config(config, method, pruning_seed)
-    rundir = RunDir(directories[name])
-    rundir.check_writable()
-    with Lock(rundir):
-      protocol.prepare(seeded, rundir, method)
-      results = protocol.run_method(setup.with_config(seeded), rundir, method=method, stage='all',
-                                    finals=plan(config, dense=first)[method], seeds=tuple(config.study.seeds))
-    rows += rows_of(config, method, results, pruning_seed, dense=first)
-    rounds[name] = results['rounds']
-    times[name] = time_account(results)
+  with preemption.handling_signals():  # SIGTERM / SIGINT: stop after the current step with a checkpoint written
+    for name, (method, pruning_seed, first) in runs.items():  # each run directory locked while it is used
+      seeded = method_config(config, method, pruning_seed)
+      rundir = RunDir(directories[name])
+      rundir.check_writable()
+      with Lock(rundir):
+        protocol.prepare(seeded, rundir, method)
+        results = protocol.run_method(setup.with_config(seeded), rundir, method=method, stage='all',
+                                      finals=plan(config, dense=first)[method], seeds=tuple(config.study.seeds))
+      rows += rows_of(config, method, results, pruning_seed, dense=first)
+      rounds[name] = results['rounds']
+      times[name] = time_account(results)
   rows = sort_rows(rows, config.study.methods, config.study.starts)
   summaries, differences = group_summaries(rows), comparisons(rows, config.study.methods)
   with Lock(study_dir, wait=True):  # the study's own files: another study of this workdir may be writing its own
@@ -449,7 +456,83 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
           'run_dirs': directories, 'files': files}
 
 
-def main(argv, config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder):
+def last_line(path: str) -> str:
+  """The last non-empty line of a log (of a progress bar's rewrites, the last)."""
+  with open(path, errors='replace') as f:
+    lines = [line.rsplit('\r', 1)[-1].strip() for line in f.read().splitlines()]
+  return next((line for line in reversed(lines) if line), '(empty)')
+
+
+def without_flags(arguments: Sequence[str], names: Sequence[str]) -> list[str]:
+  """`arguments` less the flags `names` (--name=V, --name V, and --[no]name for booleans), up to a `--`."""
+  kept, skip = [], False
+  for index, argument in enumerate(arguments):
+    if argument == '--':
+      return kept + list(arguments[index:])
+    if skip:
+      skip = False
+      continue
+    name = argument.lstrip('-').split('=', 1)[0]
+    if argument.startswith('-') and (name in names or (name.startswith('no') and name[2:] in names)):
+      skip = '=' not in argument and name.startswith('config.')  # a config override's value may come next
+      continue
+    kept.append(argument)
+  return kept
+
+
+def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequence[str]) -> dict:
+  """Each pruning seed's part of the study in a process of its own, all at once, then `run` for the combined tables
+  (it trains nothing more). For an accelerator that one process leaves mostly idle: the processes share the device
+  (XLA_PYTHON_CLIENT_PREALLOCATE=false, unless set). The first pruning seed's process trains the dense start, the
+  others leave it out. `arguments` are the command's own (sys.argv[1:]); each process writes its output to
+  WORKDIR/study_seed<p>.log. SIGTERM or SIGINT is passed on to every process, which stops with a checkpoint; then
+  this raises `preemption.Stopped`. A failed process raises UserError with its log's last line, after the others end.
+  """
+  from aws_jax import preemption  # pylint: disable=import-outside-toplevel
+  seeds = pruning_seeds(config)
+  without_dense = tuple(s for s in config.study.starts if s != DENSE) or tuple(config.study.starts)
+  environ = {**os.environ, 'XLA_PYTHON_CLIENT_PREALLOCATE': os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')}
+  os.makedirs(workdir, exist_ok=True)
+  processes, logs, started = {}, {}, time.monotonic()
+  for index, seed in enumerate(seeds):
+    replaced = ('parallel', 'config.study.pruning_seeds') + (('config.study.starts',) if index else ())
+    command = [sys.executable, '-m', 'aws_jax.study', *without_flags(arguments, replaced),
+               f'--config.study.pruning_seeds=({seed},)']
+    if index:
+      command.append(f'--config.study.starts={without_dense!r}')
+    logs[seed] = os.path.join(workdir, f'study_seed{seed}.log')
+    with open(logs[seed], 'w') as log:  # a session of its own: a terminal's Ctrl-C reaches it once, from here
+      processes[seed] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ,
+                                         start_new_session=True)
+  print(f'{len(seeds)} pruning seeds at once ({", ".join(map(str, seeds))}); their output: '
+        f'{os.path.join(workdir, "study_seed<p>.log")}', flush=True)
+  failed = []
+  with preemption.handling_signals():
+    forwarded = None
+    while processes:
+      if preemption.requested() and not forwarded:
+        forwarded = preemption.requested()
+        for process in processes.values():
+          process.send_signal(forwarded)
+      for seed, process in list(processes.items()):
+        if process.poll() is not None:
+          del processes[seed]
+          outcome = 'done' if process.returncode == 0 else f'exit {process.returncode}: {last_line(logs[seed])}'
+          print(f'pruning seed {seed}: {outcome} ({time.monotonic() - started:.0f} s)', flush=True)
+          if process.returncode:
+            failed.append((seed, process.returncode))
+      time.sleep(0.2)
+  if forwarded:
+    raise preemption.Stopped(forwarded, f'stopped by {signal.Signals(forwarded).name}: each pruning seed\'s process '
+                                        f'wrote a checkpoint; rerun the same command to resume')
+  if failed:
+    seed, status = failed[0]
+    raise UserError(f'pruning seed {seed}\'s process failed (exit {status}): {last_line(logs[seed])} '
+                    f'(whole output: {logs[seed]}); what the others trained is kept, and rerunning resumes')
+  return run(config, workdir)
+
+
+def main(argv, config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, parallel: bool = False):
   cli.check_no_arguments(argv)
   config = cli.load_config(config_flag)
   try:
@@ -461,7 +544,10 @@ def main(argv, config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder):
   allocator.restart_with_tcmalloc()  # after the checks above: a bad input is answered without the restart
   from aws_jax import preemption  # pylint: disable=import-outside-toplevel
   try:
-    run(config, workdir_flag.value)
+    if parallel and len(pruning_seeds(config)) > 1:
+      run_at_once(config, workdir_flag.value, sys.argv[1:])
+    else:
+      run(config, workdir_flag.value)
   except preemption.Stopped as e:
     cli.exit_with(e, status=128 + e.signum)
   except UserError as e:
@@ -474,6 +560,10 @@ if __name__ == '__main__':
   _CONFIG = cli.define_config('The study\'s config; config.study is the grid.')
   _WORKDIR = cli.define_path('workdir', None, 'Directory of the study: a run directory per method, the tables and '
                              'the figures.')
+  _PARALLEL = flags.DEFINE_boolean(
+      'parallel', False, 'With several study.pruning_seeds: run each pruning seed\'s part in a process of its own, '
+      'all at once, then write the combined tables (on an accelerator that one process leaves mostly idle; on a '
+      'CPU the processes only share its cores). Output: WORKDIR/study_seed<p>.log.')
   flags.mark_flags_as_required(['config', 'workdir'])
   flags.adopt_module_key_flags(cli)
-  app.run(lambda argv: main(argv, _CONFIG, _WORKDIR), flags_parser=cli.parse_flags)
+  app.run(lambda argv: main(argv, _CONFIG, _WORKDIR, _PARALLEL.value), flags_parser=cli.parse_flags)

@@ -5,8 +5,10 @@ import math
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -345,27 +347,59 @@ def test_pruning_seeds_widen_a_study_with_pruning_runs(tmp_path):
   assert f'## Pruning stage: lrr_seed{seed + 6}' in table and 'over pruning runs' in table
 
 
-def test_studies_of_different_pruning_seeds_run_at_once_on_one_workdir(tmp_path):
-  """Each pruning run's directory is locked while it is used, the workdir only while the study's files are written:
-  two studies of different pruning seeds run at once on one workdir (another process and this one), then the full
-  grid trains nothing more and pairs the two runs; a study that needs a directory in use is refused on one line."""
-  overrides = {'study.methods': ('aws',), 'study.starts': ('signed', 'mask'), 'barrier.lmc': False,
-               'barrier.sgd_noise': False, 'barrier.psi_reset': False, 'prune.rounds': 1}
+def test_parallel_runs_the_pruning_seeds_at_once_stops_on_sigterm_and_resumes(tmp_path):
+  """`--parallel` runs each pruning seed's part in a process of its own on one workdir (each run directory locked
+  while used), the dense start in the first one's only; SIGTERM reaches every process, which stops with a
+  checkpoint; the same command resumes and writes the combined tables, after which the full grid trains nothing
+  more; a study that needs a directory in use is refused on one line."""
+  overrides = {'study.methods': ('aws',), 'study.starts': ('signed', 'mask', 'dense'), 'barrier.lmc': False,
+               'barrier.sgd_noise': False, 'barrier.psi_reset': False, 'prune.rounds': 2}
   workdir, seed = tmp_path / 'study', study_config().seed
+  both = {**overrides, 'study.pruning_seeds': (seed, seed + 6)}
   command = [sys.executable, '-m', 'aws_jax.study', f'--config={REPO}/configs/digits.py:study', f'--workdir={workdir}',
-             *flags_of({**TINY_STUDY, **overrides, 'study.pruning_seeds': (seed,)})]
-  other = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  try:
-    study.run(study_config(**overrides, **{'study.pruning_seeds': (seed + 6,)}), str(workdir))
-  finally:
-    _, stderr = other.communicate(timeout=SUBPROCESS_TIMEOUT)
-  assert other.returncode == 0, stderr[-3000:]
+             *flags_of({**TINY_STUDY, **both}), '--parallel']
+  logs = [workdir / f'study_seed{p}.log' for p in (seed, seed + 6)]
+  stopped = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+  while not all(log.exists() and 'round  0 |' in log.read_text() for log in logs):  # both past their warm-up
+    assert stopped.poll() is None and time.monotonic() < deadline, stopped.communicate()
+    time.sleep(0.1)
+  stopped.send_signal(signal.SIGTERM)
+  _, stderr = stopped.communicate(timeout=SUBPROCESS_TIMEOUT)
+  assert stopped.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1].startswith('error: stopped by SIGTERM'), stderr[-3000:]
+  assert all("stopped by SIGTERM" in log.read_text() for log in logs), [log.read_text()[-500:] for log in logs]
+  assert not (workdir / 'study.csv').exists()
+  resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'pruning seed {seed + 6}: done' in resumed.stdout
   trained = {**file_times(RunDir(workdir / 'aws').checkpoint_root),
              **file_times(RunDir(workdir / f'aws_seed{seed + 6}').checkpoint_root)}
-  both = study.run(study_config(**overrides, **{'study.pruning_seeds': (seed, seed + 6)}), str(workdir))
+  other = json.loads(pathlib.Path(RunDir(workdir / f'aws_seed{seed + 6}').results).read_text())
+  assert {f['mode'] for f in other['final']} == {'signed', 'mask'}  # dense: with the first pruning seed's runs
+  combined = read_csv(workdir / 'study.csv')
+  full = study.run(study_config(**both), str(workdir))
   assert {**file_times(RunDir(workdir / 'aws').checkpoint_root),
           **file_times(RunDir(workdir / f'aws_seed{seed + 6}').checkpoint_root)} == trained
-  assert [(d['label'], d['n']) for d in both['differences']] == [('AWS signed − AWS mask', 2)]
+  assert read_csv(workdir / 'study.csv') == combined
+  assert {(d['label'], d['n']) for d in full['differences']} == {('AWS signed − AWS mask', 2),
+                                                                 ('AWS signed − dense', 2)}
   with Lock(RunDir(workdir / 'aws')):
     with pytest.raises(UserError, match='in use by a running aws_jax process'):
       study.run(study_config(**overrides), str(workdir))
+
+
+def test_a_failed_parallel_process_is_reported_on_one_line_with_its_log(tmp_path):
+  config = study_config(**{'study.pruning_seeds': (1, 7)})
+  arguments = [f'--config={tmp_path}/missing.py', f'--workdir={tmp_path}/study']  # each process fails at once
+  with pytest.raises(UserError, match=r"pruning seed 1's process failed \(exit 2\): error: .*missing\.py.*whole "
+                                      r"output: .*study_seed1\.log"):
+    study.run_at_once(config, str(tmp_path / 'study'), arguments)
+  assert 'missing.py' in (tmp_path / 'study' / 'study_seed7.log').read_text()
+
+
+def test_without_flags_drops_a_flag_in_each_form():
+  arguments = ['--config=c.py', '--config.study.starts', "('signed',)", '--parallel', "--config.seed=3",
+               '--noparallel', '--config.study.starts=("mask",)', '--', '--parallel']
+  assert study.without_flags(arguments, ('parallel', 'config.study.starts')) == [
+      '--config=c.py', '--config.seed=3', '--', '--parallel']
