@@ -11,8 +11,10 @@ Which convolutions a jitted function runs is an explicit choice, `impl`, one of 
   are 1×1 convolutions; for inputs of at most `MATERIALIZE_MAX_CHANNELS` channels, the backward pass reads the input
   from an exact identity matmul, so that XLA does not recompute the forward's BatchNorm/ReLU/residual chain inside
   the kernel gradient's transposes.
-- Depthwise convolutions (MobileNetV2's), under 'onednn' and 'xla' alike: a sum of shifted, scaled views of the
-  input (`depthwise_conv`), where XLA:CPU's grouped convolution ran ~4× slower forward and backward.
+- Grouped convolutions (MobileNetV2's depthwise ones, ShuffleNet's): under 'onednn', oneDNN's (much faster than the
+  shifted views below, forward and backward: README, "Speed"); under 'xla', depthwise ones
+  are a sum of shifted, scaled views of the input (`depthwise_conv`), where XLA:CPU's grouped convolution ran ~4×
+  slower forward and backward.
 - 'lax': plain `lax.conv_general_dilated` (what GPUs and TPUs always get; XLA counts its FLOPs).
 - 'auto' (the default): 'onednn' on a single CPU device where oneDNN is built, else 'xla' on CPU, 'lax' elsewhere.
 Overrides from the environment: `AWS_JAX_ONEDNN=0` turns 'auto' and 'onednn' into 'xla'; `AWS_JAX_WINOGRAD=0`
@@ -142,28 +144,31 @@ def resolve(impl: str | None = None) -> str:
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated`, by the convolutions `resolve()` names: plain NHWC float32 convolutions go to
-  oneDNN, or with 'xla', those of small output maps and 1×1 ones to `im2col_conv`, and those of few input
-  channels keep their input for the backward pass in a buffer of its own."""
+  """`lax.conv_general_dilated`, by the convolutions `resolve()` names: plain NHWC float32 convolutions, grouped
+  ones included, go to oneDNN, or with 'xla', depthwise ones to `depthwise_conv`, those of small output maps and 1×1
+  ones to `im2col_conv`, and those of few input channels keep their input for the backward pass in a buffer of its
+  own."""
   impl = resolve()
+  grouped = feature_group_count > 1
   depthwise = (impl != 'lax' and lhs.ndim == 4 and feature_group_count == lhs.shape[-1] == rhs.shape[-1] > 1
                and rhs.shape[2] == 1)
-  plain = (impl != 'lax' and lhs.ndim == 4 and (feature_group_count == 1 or depthwise) and not kwargs
+  plain = (impl != 'lax' and lhs.ndim == 4 and (not grouped or depthwise or impl.startswith('onednn')) and not kwargs
            and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == _NHWC)
   pads = _explicit_padding(padding, lhs.shape[1:3], rhs.shape[:2], window_strides) if plain else ()
-  if plain and depthwise and min(map(min, pads)) >= 0:
-    return depthwise_conv(lhs, rhs, window_strides, pads)
   if plain and min(map(min, pads)) >= 0:  # negative padding crops: lax's
     out_h = (lhs.shape[1] + sum(pads[0]) - rhs.shape[0]) // window_strides[0] + 1
     out_w = (lhs.shape[2] + sum(pads[1]) - rhs.shape[1]) // window_strides[1] + 1
-    onednn_suits = lhs.dtype == rhs.dtype == jnp.float32 and out_h * out_w > ONEDNN_IM2COL_MAX_PIXELS
+    onednn_suits = lhs.dtype == rhs.dtype == jnp.float32 and (grouped or out_h * out_w > ONEDNN_IM2COL_MAX_PIXELS)
     if impl.startswith('onednn') and onednn_suits:
-      winograd = impl == 'onednn' and winograd_suits(lhs.shape, rhs.shape, window_strides, (out_h, out_w))
+      winograd = (impl == 'onednn' and not grouped
+                  and winograd_suits(lhs.shape, rhs.shape, window_strides, (out_h, out_w)))
       return onednn.conv(lhs, rhs, window_strides, pads, winograd=winograd)
-    if out_h * out_w <= IM2COL_MAX_PIXELS or rhs.shape[:2] == (1, 1):
+    if depthwise:
+      return depthwise_conv(lhs, rhs, window_strides, pads)
+    if not grouped and (out_h * out_w <= IM2COL_MAX_PIXELS or rhs.shape[:2] == (1, 1)):
       return im2col_conv(lhs, rhs, window_strides, pads)
-    if lhs.shape[-1] <= MATERIALIZE_MAX_CHANNELS:
+    if not grouped and lhs.shape[-1] <= MATERIALIZE_MAX_CHANNELS:
       return _input_materialized_for_backward(
           functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=pads,
                             dimension_numbers=dimension_numbers, precision=precision))(lhs, rhs)

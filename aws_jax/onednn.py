@@ -110,6 +110,7 @@ _conv.defvjp(_conv_forward, _conv_backward)
 
 def conv(x, kernel, strides, padding, winograd: bool = False):
   """NHWC × HWIO float32 convolution by oneDNN, with gradients; `padding` is ((top, bottom), (left, right)).
+  Grouped where the kernel's I divides x's channels: x.shape[-1] // I groups (depthwise: I = 1).
 
   `winograd`: by Winograd's F(4×4, 3×3) algorithm where oneDNN has it (3×3 kernels at stride 1 on AVX-512), else
   directly. Winograd's rounding differs from a direct sum's (both float32-accurate: tests/test_onednn.py).

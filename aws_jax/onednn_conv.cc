@@ -1,6 +1,7 @@
 // oneDNN convolutions as XLA FFI handlers, for aws_jax/onednn.py (which compiles and registers this file).
 //
-// All three take and give plain row-major float32 buffers: x NHWC, w HWIO, y NHWC. Direct convolutions read and
+// All three take and give plain row-major float32 buffers: x NHWC, w HWIO, y NHWC; grouped convolutions (depthwise
+// ones among them) have x's channels / w's I groups. Direct convolutions read and
 // write the activations in place as nhwc and take the (small) weights in a blocked layout of their own, reordered
 // per call. Winograd's convolutions (F(4×4, 3×3): 2–2.4× faster on 3×3 kernels at stride 1) want blocked
 // activations too: every operand is reordered in or out, a few % of their time.
@@ -27,7 +28,7 @@ namespace {
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
-using Key = std::array<int64_t, 17>;  // kind, x's NHWC, w's HW and O, y's HW, window, winograd
+using Key = std::array<int64_t, 18>;  // kind, x's NHWC, w's HW and O, y's HW, window, winograd, groups
 
 // A primitive and the scratchpad it needs each call. Callers bring scratchpads (oneDNN's shared one is not safe
 // when XLA runs two calls at once on its threads: Winograd's crashed).
@@ -101,8 +102,13 @@ memory::desc Nhwc(int64_t n, int64_t h, int64_t w, int64_t c, memory::format_tag
   return memory::desc({n, c, h, w}, memory::data_type::f32, tag);
 }
 
-memory::desc Hwio(const Key& k, memory::format_tag tag) {
-  return memory::desc({k[7], k[4], k[5], k[6]}, memory::data_type::f32, tag);
+// The kernel: HWIO, or with groups G, HW(I/G)O with O = G·(O/G), which is oneDNN's hwigo (dims G, O/G, I/G, H, W).
+memory::desc Hwio(const Key& k, bool user) {
+  const int64_t g = k[17];
+  if (g == 1) return memory::desc({k[7], k[4], k[5], k[6]}, memory::data_type::f32,
+                                  user ? memory::format_tag::hwio : memory::format_tag::any);
+  return memory::desc({g, k[7] / g, k[4] / g, k[5], k[6]}, memory::data_type::f32,
+                      user ? memory::format_tag::hwigo : memory::format_tag::any);
 }
 
 Operand MakeOperand(const memory::desc& user, const memory::desc& layout, bool output) {
@@ -115,11 +121,11 @@ Operand MakeOperand(const memory::desc& user, const memory::desc& layout, bool o
 // The convolution of kind 0 (forward), 1 (gradient wrt the input) or 2 (gradient wrt the kernel) for `k`.
 std::shared_ptr<Convolution> Make(const Key& k, dnnl::algorithm algorithm) {
   const memory::desc x_user = Nhwc(k[1], k[2], k[3], k[4]), y_user = Nhwc(k[1], k[8], k[9], k[7]);
-  const memory::desc w_user = Hwio(k, memory::format_tag::hwio);
+  const memory::desc w_user = Hwio(k, true);
   const auto activations = algorithm == dnnl::algorithm::convolution_direct ? memory::format_tag::nhwc
                                                                               : memory::format_tag::any;
   const memory::desc x = Nhwc(k[1], k[2], k[3], k[4], activations), y = Nhwc(k[1], k[8], k[9], k[7], activations);
-  const memory::desc w = Hwio(k, memory::format_tag::any);
+  const memory::desc w = Hwio(k, false);
   const memory::dims strides{k[10], k[11]}, pad_l{k[12], k[14]}, pad_r{k[13], k[15]};
 #if DNNL_VERSION_MAJOR >= 3  // primitive descriptors built from the engine and the shapes
   auto forward = dnnl::convolution_forward::primitive_desc(Engine(), dnnl::prop_kind::forward_training, algorithm,
@@ -185,7 +191,7 @@ std::shared_ptr<Convolution> Get(const Key& k) {
 Key MakeKey(int64_t kind, ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y,
             ffi::Span<const int64_t> window, bool winograd) {
   return {kind, x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2],
-          window[0], window[1], window[2], window[3], window[4], window[5], winograd};
+          window[0], window[1], window[2], window[3], window[4], window[5], winograd, x[3] / w[2]};
 }
 
 void Execute(dnnl::stream& stream, const Step& step, std::unordered_map<int, memory> args) {

@@ -35,12 +35,17 @@ DN = ('NHWC', 'HWIO', 'NHWC')
     ((2, 8, 8, 32), (3, 3, 32, 48), (1, 1), ((1, 1), (1, 1))),   # what Winograd is used for
     ((2, 10, 7, 32), (3, 3, 32, 16), (1, 1), ((1, 1), (1, 1))),  # partial 4×4 tiles
     ((2, 9, 6, 32), (3, 3, 32, 16), (1, 1), ((0, 1), (1, 0))),   # uneven padding: Winograd's is wrong, so direct
+    ((2, 8, 8, 24), (3, 3, 1, 24), (1, 1), ((1, 1), (1, 1))),    # depthwise (MobileNetV2's): 24 groups
+    ((2, 9, 9, 16), (3, 3, 1, 16), (2, 2), ((1, 1), (1, 1))),    # depthwise at stride 2
+    ((2, 6, 6, 12), (1, 1, 3, 8), (1, 1), ((0, 0), (0, 0))),     # 4 groups of 3 channels in, 2 out (ShuffleNet's)
 ])
 def test_conv_equals_lax_with_gradients(shape, kernel, strides, padding, winograd):
   rng = np.random.default_rng(0)
   x = rng.standard_normal(shape, np.float32)
   k = rng.standard_normal(kernel, np.float32)
-  reference = lambda x, k: lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN)
+  groups = shape[-1] // kernel[2]
+  reference = lambda x, k: lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=DN,
+                                                    feature_group_count=groups)
   ours = lambda x, k: onednn.conv(x, k, strides, padding, winograd=winograd)
   assert_same_values_and_gradients(reference, ours, x, k)
 
@@ -115,6 +120,10 @@ def test_models_use_onednn_except_on_tiny_maps():
     text = hlo(layer, big)
     assert 'aws_onednn_conv_forward' in text and 'convolution' not in text
   assert 'aws_onednn' not in hlo(models.Conv(8, (3, 3)), tiny)  # an im2col matmul is faster on a 2×2 map
+  for x in (big, tiny):  # grouped convolutions (depthwise ones too) have no im2col form: oneDNN's on any map
+    for groups in (16, 4):
+      text = hlo(models.Conv(16, (3, 3), feature_group_count=groups), x)
+      assert 'aws_onednn_conv_forward' in text and 'convolution' not in text
 
 
 @needs_onednn
