@@ -15,7 +15,7 @@ for the others, each with the same final seeds. The final trainings of one pruni
 pruning run is the unit of a claim: with several, each interval is over the pruning runs' means (a difference's n:
 pruning runs), differences are paired by pruning run and seed, and the dense start (which no pruning run changes) is
 trained once (with the first pruning seed's runs) and paired by seed. `--parallel` runs each pruning seed's part in a
-process of its own, all at once (`run_at_once`; for an accelerator), then writes the combined tables.
+process of its own, all at once (`run_at_once`; for a GPU), then writes the combined tables.
 
 Everything is checkpointed: rerunning resumes, and widening the grid (a seed, a start, a round, a method, a pruning
 seed) trains only the new entries. WORKDIR then holds:
@@ -414,7 +414,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
 
   One `Setup` (data loaded once, each step compiled once) serves every pruning run and final training. Each run
   directory is locked while it is used and the workdir while the study's files are written, so studies of
-  different pruning seeds can run at once on one workdir (on an accelerator, faster than in turn); the full grid,
+  different pruning seeds can run at once on one workdir (on a GPU, faster than in turn); the full grid,
   run after them, trains nothing more and writes the combined tables.
   `run_dirs` may place a pruning run's directory elsewhere, by its `run_name` (e.g. one that `python -m aws_jax.main`
   already filled with the same config). Returns {'rows', 'summaries', 'differences', 'rounds': {run name: round
@@ -482,9 +482,9 @@ def without_flags(arguments: Sequence[str], names: Sequence[str]) -> list[str]:
 
 def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequence[str]) -> dict:
   """Each pruning seed's part of the study in a process of its own, all at once, then `run` for the combined tables
-  (it trains nothing more). For an accelerator that one process leaves mostly idle: the processes share the device
-  (XLA_PYTHON_CLIENT_PREALLOCATE=false, unless set). The first pruning seed's process trains the dense start, the
-  others leave it out. `arguments` are the command's own (sys.argv[1:]); each process writes its output to
+  (it trains nothing more). For a GPU that one process leaves mostly idle (a TPU takes one process at a time): the
+  processes share the device (XLA_PYTHON_CLIENT_PREALLOCATE=false, unless set). The first pruning seed's process
+  trains the dense start, the others leave it out. `arguments` are the command's own (sys.argv[1:]); each process writes its output to
   WORKDIR/study_seed<p>.log. SIGTERM or SIGINT is passed on to every process, which stops with a checkpoint; then
   this raises `preemption.Stopped`. A failed process raises UserError with its log's last line, after the others end.
   """
@@ -547,6 +547,9 @@ def main(argv, config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, pa
     if parallel and len(pruning_seeds(config)) > 1:
       run_at_once(config, workdir_flag.value, sys.argv[1:])
     else:
+      if parallel:
+        print('note: --parallel runs the pruning seeds at once, and this study has one (--config.study.pruning_seeds '
+              'gives more): it runs as usual', file=sys.stderr, flush=True)
       run(config, workdir_flag.value)
   except preemption.Stopped as e:
     cli.exit_with(e, status=128 + e.signum)
@@ -562,7 +565,8 @@ if __name__ == '__main__':
                              'the figures.')
   _PARALLEL = flags.DEFINE_boolean(
       'parallel', False, 'With several study.pruning_seeds: run each pruning seed\'s part in a process of its own, '
-      'all at once, then write the combined tables (on an accelerator that one process leaves mostly idle; on a '
+      'all at once, then write the combined tables (on a GPU that one process leaves mostly idle; a TPU takes one '
+      'process at a time; on a '
       'CPU the processes only share its cores). Output: WORKDIR/study_seed<p>.log.')
   flags.mark_flags_as_required(['config', 'workdir'])
   flags.adopt_module_key_flags(cli)
