@@ -484,9 +484,10 @@ def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequ
   """Each pruning seed's part of the study in a process of its own, all at once, then `run` for the combined tables
   (it trains nothing more). For a GPU that one process leaves mostly idle (a TPU takes one process at a time): the
   processes share the device (XLA_PYTHON_CLIENT_PREALLOCATE=false, unless set). The first pruning seed's process
-  trains the dense start, the others leave it out. `arguments` are the command's own (sys.argv[1:]); each process writes its output to
-  WORKDIR/study_seed<p>.log. SIGTERM or SIGINT is passed on to every process, which stops with a checkpoint; then
-  this raises `preemption.Stopped`. A failed process raises UserError with its log's last line, after the others end.
+  trains the dense start, the others leave it out. `arguments` are the command's own (sys.argv[1:]); each process
+  writes its output to WORKDIR/study_seed<p>.log. SIGTERM or SIGINT is passed on to every process, which stops with
+  a checkpoint; then this raises `preemption.Stopped`. A failed process raises UserError with its log's last line,
+  after the others end.
   """
   from aws_jax import preemption  # pylint: disable=import-outside-toplevel
   seeds = pruning_seeds(config)
