@@ -481,13 +481,13 @@ def without_flags(arguments: Sequence[str], names: Sequence[str]) -> list[str]:
 
 
 def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequence[str]) -> dict:
-  """Each pruning seed's part of the study in a process of its own, all at once, then `run` for the combined tables
-  (it trains nothing more). For a GPU that one process leaves mostly idle (a TPU takes one process at a time): the
+  """Each pruning seed's part of the study in a process of its own, all at once, then `run` for the combined tables (it
+  trains nothing more). For a GPU that one process leaves mostly idle (a TPU takes one process at a time): the
   processes share the device (XLA_PYTHON_CLIENT_PREALLOCATE=false, unless set). The first pruning seed's process
   trains the dense start, the others leave it out. `arguments` are the command's own (sys.argv[1:]); each process
-  writes its output to WORKDIR/study_seed<p>.log. SIGTERM or SIGINT is passed on to every process, which stops with
-  a checkpoint; then this raises `preemption.Stopped`. A failed process raises UserError with its log's last line,
-  after the others end.
+  writes its output to WORKDIR/study_seed<p>.log (round lines, no progress bars). SIGTERM or SIGINT is passed on to
+  every process, which stops with a checkpoint; then this raises `preemption.Stopped`. A failed process raises
+  UserError with its log's last line, after the others end.
   """
   from aws_jax import preemption  # pylint: disable=import-outside-toplevel
   seeds = pruning_seeds(config)
@@ -496,9 +496,9 @@ def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequ
   os.makedirs(workdir, exist_ok=True)
   processes, logs, started = {}, {}, time.monotonic()
   for index, seed in enumerate(seeds):
-    replaced = ('parallel', 'config.study.pruning_seeds') + (('config.study.starts',) if index else ())
-    command = [sys.executable, '-m', 'aws_jax.study', *without_flags(arguments, replaced),
-               f'--config.study.pruning_seeds=({seed},)']
+    replaced = ['parallel', 'config.progress', 'config.study.pruning_seeds'] + ['config.study.starts'] * bool(index)
+    command = [sys.executable, '-m', 'aws_jax.study', *without_flags(arguments, replaced), '--config.progress=False',
+               f'--config.study.pruning_seeds=({seed},)']  # a log file: round lines, no progress bars
     if index:
       command.append(f'--config.study.starts={without_dense!r}')
     logs[seed] = os.path.join(workdir, f'study_seed{seed}.log')
