@@ -12,9 +12,8 @@ Which convolutions a jitted function runs is an explicit choice, `impl`, one of 
   from an exact identity matmul, so that XLA does not recompute the forward's BatchNorm/ReLU/residual chain inside
   the kernel gradient's transposes.
 - Grouped convolutions (MobileNetV2's depthwise ones, ShuffleNet's): under 'onednn', oneDNN's (much faster than the
-  shifted views below, forward and backward: README, "Speed"); under 'xla', depthwise ones
-  are a sum of shifted, scaled views of the input (`depthwise_conv`), where XLA:CPU's grouped convolution ran ~4×
-  slower forward and backward.
+  shifted views, forward and backward: README, "Speed"); under 'xla', depthwise ones are a sum of shifted, scaled
+  views of the input (`depthwise_conv`), where XLA:CPU's grouped convolution ran ~4× slower forward and backward.
 - 'lax': plain `lax.conv_general_dilated` (what GPUs and TPUs always get; XLA counts its FLOPs).
 - 'auto' (the default): 'onednn' on a single CPU device where oneDNN is built, else 'xla' on CPU, 'lax' elsewhere.
 Overrides from the environment: `AWS_JAX_ONEDNN=0` turns 'auto' and 'onednn' into 'xla'; `AWS_JAX_WINOGRAD=0`
