@@ -81,8 +81,7 @@ def analyse(setup: Setup, rundir: RunDir, of: str, network: Network) -> dict:
       if reporting.is_main_process():
         os.makedirs(os.path.dirname(path), exist_ok=True)
         reporting.write_json(path, result)
-    for k, v in result.items():
-      merged[k] = merged.get(k, 0.0) + v if k.startswith('time_') else v
+    merged = timing.merged(merged, result)
   return merged
 
 
@@ -92,8 +91,7 @@ def stored(rundir: RunDir, network: str) -> dict:
   merged = {}
   for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
     with open(os.path.join(directory, name)) as f:
-      for k, v in json.load(f).items():
-        merged[k] = merged.get(k, 0.0) + v if k.startswith('time_') else v
+      merged = timing.merged(merged, json.load(f))
   return merged
 
 

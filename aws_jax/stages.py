@@ -81,7 +81,7 @@ def pruning_stage(setup: Setup, rundir: RunDir, method: str, log: reporting.Metr
     partial.discard()
     found = analyses.analyse(setup, rundir, 'round', analyses.Network(round_name(round_index), state,
                                                                      previous_signs=previous_signs, summary=summary))
-    reporting.say(round_line({**summary, **timer.fields(), **found}))
+    reporting.say(round_line(timing.merged(summary, timer.fields(), found)))
     signum = stop_requested(at_boundary=True)
     if signum and round_index < last:
       raise stop(signum, f'after {label}')
@@ -327,13 +327,13 @@ def saved_summaries(directory: str) -> list[dict]:
 def collect_results(rundir: RunDir, final_epochs: int) -> dict:
   """results.json's content from the run directory: every saved round and finished final training, each with its
   stored analyses."""
-  rounds = [{**s, **analyses.stored(rundir, round_name(s['round']))}
+  rounds = [timing.merged(s, analyses.stored(rundir, round_name(s['round'])))
             for s in saved_summaries(rundir.checkpoints(PRUNE))]
   final = []
   for name in rundir.finals:
     summaries = saved_summaries(rundir.checkpoints(name))
     if summaries and summaries[-1]['epochs'] == final_epochs:
-      final.append({**summaries[-1], **analyses.stored(rundir, name)})
+      final.append(timing.merged(summaries[-1], analyses.stored(rundir, name)))
   order = list(starts.STARTS)
   final.sort(key=lambda s: (s['source_round'], s['seed'], order.index(s['mode'])))
   return {'rounds': rounds, 'final': final}

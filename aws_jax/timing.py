@@ -50,3 +50,17 @@ class Timer:
 def total(record: dict) -> float:
   """The seconds of a record's time account."""
   return sum(record.get(f'time_{name}_s', 0.0) for name in CATEGORIES)
+
+
+def is_time_field(key: str) -> bool:
+  return key.startswith('time_') and key.endswith('_s')
+
+
+def merged(*records) -> dict:
+  """The records' fields in one dict, a later record's winning, except time fields (`time_*_s`), which are summed:
+  a network's checkpointed summary and its analyses each account for their own seconds."""
+  out = {}
+  for record in records:
+    for key, value in record.items():
+      out[key] = out.get(key, 0.0) + value if is_time_field(key) else value
+  return out

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aws_jax import config as config_lib
-from aws_jax import engine, loop, protocol, pruning, reporting, stages
+from aws_jax import analyses, engine, loop, protocol, pruning, reporting, stages
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 from aws_jax.rundir import RunDir
@@ -96,6 +96,22 @@ def test_signed_transfer_starts_from_fresh_magnitudes_and_trained_signs(digits_r
     np.testing.assert_array_equal(np.asarray(p), expected)
   jax.tree.map(np.testing.assert_array_equal, start.batch_stats, fresh.batch_stats)
   jax.tree.map(np.testing.assert_array_equal, start.mask, source.mask)
+
+
+def test_results_sum_each_networks_own_seconds_and_its_analyses(digits_run):
+  """A record's time account in results.json is its checkpointed summary's plus its stored analyses', per category
+  (the re-estimation's evaluation and compilation add to the training's, not replace them)."""
+  workdir, _, results = digits_run
+  rundir = RunDir(workdir)
+  summaries = stages.saved_summaries(rundir.checkpoints('prune'))
+  for record, summary in zip(results['rounds'], summaries):
+    stored = analyses.stored(rundir, stages.round_name(record['round']))
+    assert summary.get('time_train_s', 0) > 0 and stored  # both sides account for something
+    for key in {*summary, *stored}:
+      if key.startswith('time_') and key.endswith('_s'):
+        assert record[key] == pytest.approx(summary.get(key, 0.0) + stored.get(key, 0.0)), key
+  assert any(k in s and k in analyses.stored(rundir, stages.round_name(s['round']))
+             for s in summaries for k in ('time_eval_s', 'time_compile_s'))  # a category on both sides was summed
 
 
 def test_metrics_and_tensorboard_are_written(digits_run):
