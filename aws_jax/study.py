@@ -435,6 +435,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
       seeded = method_config(config, method, pruning_seed)
       rundir = RunDir(directories[name])
       rundir.check_writable()
+      print(f'study: {method}, pruning seed {pruning_seed}, in {directories[name]}', flush=True)
       with Lock(rundir):
         protocol.prepare(seeded, rundir, method)
         results = protocol.run_method(setup.with_config(seeded), rundir, method=method, stage='all',
@@ -480,12 +481,32 @@ def without_flags(arguments: Sequence[str], names: Sequence[str]) -> list[str]:
   return kept
 
 
+class LogFollower:
+  """The complete new lines of a growing log, each time it is asked."""
+
+  def __init__(self, path: str):
+    self.path, self.offset, self.pending = path, 0, b''
+
+  def new_lines(self) -> list[str]:
+    with open(self.path, 'rb') as f:
+      f.seek(self.offset)
+      data = self.pending + f.read()
+    self.offset += len(data) - len(self.pending)
+    *lines, self.pending = data.split(b'\n')
+    return [line.decode(errors='replace').rsplit('\r', 1)[-1] for line in lines]
+
+
+# The lines of a process's log that its parent prints too (not its tables).
+FOLLOWED = re.compile(r'^(study: |resuming |round |final |error|warning|note)')
+
+
 def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequence[str]) -> dict:
   """Each pruning seed's part of the study in a process of its own, all at once, then `run` for the combined tables (it
   trains nothing more). For a GPU that one process leaves mostly idle (a TPU takes one process at a time): the
   processes share the device (XLA_PYTHON_CLIENT_PREALLOCATE=false, unless set). The first pruning seed's process
   trains the dense start, the others leave it out. `arguments` are the command's own (sys.argv[1:]); each process
-  writes its output to WORKDIR/study_seed<p>.log (round lines, no progress bars). SIGTERM or SIGINT is passed on to
+  writes its output to WORKDIR/study_seed<p>.log (round lines, no progress bars), and its round, final, error and
+  warning lines are printed here too, after `[pruning seed p]`. SIGTERM or SIGINT is passed on to
   every process, which stops with a checkpoint; then this raises `preemption.Stopped`. A failed process raises
   UserError with its log's last line, after the others end.
   """
@@ -506,8 +527,8 @@ def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequ
       processes[seed] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environ,
                                          start_new_session=True)
   print(f'{len(seeds)} pruning seeds at once ({", ".join(map(str, seeds))}); their output: '
-        f'{os.path.join(workdir, "study_seed<p>.log")}', flush=True)
-  failed = []
+        f'{os.path.join(workdir, "study_seed<p>.log")}; their round lines here', flush=True)
+  followers, failed = {seed: LogFollower(path) for seed, path in logs.items()}, []
   with preemption.handling_signals():
     forwarded = None
     while processes:
@@ -516,7 +537,11 @@ def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequ
         for process in processes.values():
           process.send_signal(forwarded)
       for seed, process in list(processes.items()):
-        if process.poll() is not None:
+        ended = process.poll() is not None  # before reading its log: then every line it wrote is read
+        for line in followers[seed].new_lines():
+          if FOLLOWED.match(line):
+            print(f'[pruning seed {seed}] {line}', flush=True)
+        if ended:
           del processes[seed]
           outcome = 'done' if process.returncode == 0 else f'exit {process.returncode}: {last_line(logs[seed])}'
           print(f'pruning seed {seed}: {outcome} ({time.monotonic() - started:.0f} s)', flush=True)
@@ -527,7 +552,7 @@ def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequ
     raise preemption.Stopped(forwarded, f'stopped by {signal.Signals(forwarded).name}: each pruning seed\'s process '
                                         f'wrote a checkpoint; rerun the same command to resume')
   if failed:
-    seed, status = failed[0]
+    seed, status = min(failed, key=lambda f: seeds.index(f[0]))  # the first in the command's order
     raise UserError(f'pruning seed {seed}\'s process failed (exit {status}): {last_line(logs[seed])} '
                     f'(whole output: {logs[seed]}); what the others trained is kept, and rerunning resumes')
   return run(config, workdir)

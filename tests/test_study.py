@@ -373,6 +373,9 @@ def test_parallel_runs_the_pruning_seeds_at_once_stops_on_sigterm_and_resumes(tm
   resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'pruning seed {seed + 6}: done' in resumed.stdout
+  assert f'[pruning seed {seed + 6}] study: aws, pruning seed {seed + 6}, in {workdir}' in resumed.stdout
+  assert f'[pruning seed {seed + 6}] round  2 |' in resumed.stdout  # the processes' round lines, followed
+  assert f'[pruning seed {seed}] final signed ' in resumed.stdout and '## Final trainings' in resumed.stdout
   trained = {**file_times(RunDir(workdir / 'aws').checkpoint_root),
              **file_times(RunDir(workdir / f'aws_seed{seed + 6}').checkpoint_root)}
   other = json.loads(pathlib.Path(RunDir(workdir / f'aws_seed{seed + 6}').results).read_text())
