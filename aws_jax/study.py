@@ -506,9 +506,9 @@ def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequ
   processes share the device (XLA_PYTHON_CLIENT_PREALLOCATE=false, unless set). The first pruning seed's process
   trains the dense start, the others leave it out. `arguments` are the command's own (sys.argv[1:]); each process
   writes its output to WORKDIR/study_seed<p>.log (round lines, no progress bars), and its round, final, error and
-  warning lines are printed here too, after `[pruning seed p]`. SIGTERM or SIGINT is passed on to
-  every process, which stops with a checkpoint; then this raises `preemption.Stopped`. A failed process raises
-  UserError with its log's last line, after the others end.
+  warning lines are printed here too, after `[pruning seed p]`. SIGTERM or SIGINT is passed on to every process,
+  which stops with a checkpoint; then this raises `preemption.Stopped`. A failed process raises UserError with its
+  log's last line, after the others end.
   """
   from aws_jax import preemption  # pylint: disable=import-outside-toplevel
   seeds = pruning_seeds(config)
@@ -592,8 +592,7 @@ if __name__ == '__main__':
   _PARALLEL = flags.DEFINE_boolean(
       'parallel', False, 'With several study.pruning_seeds: run each pruning seed\'s part in a process of its own, '
       'all at once, then write the combined tables (on a GPU that one process leaves mostly idle; a TPU takes one '
-      'process at a time; on a '
-      'CPU the processes only share its cores). Output: WORKDIR/study_seed<p>.log.')
+      'process at a time; on a CPU the processes only share its cores). Output: WORKDIR/study_seed<p>.log.')
   flags.mark_flags_as_required(['config', 'workdir'])
   flags.adopt_module_key_flags(cli)
   app.run(lambda argv: main(argv, _CONFIG, _WORKDIR, _PARALLEL.value), flags_parser=cli.parse_flags)
