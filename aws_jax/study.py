@@ -344,12 +344,9 @@ def markdown(summaries: Sequence[dict], differences: Sequence[dict], rounds: Map
 
 def time_account(results: dict) -> dict:
   """{category: seconds} summed over a run directory's rounds and final trainings."""
-  seconds = {}
-  for record in results['rounds'] + results['final']:
-    for key, value in record.items():
-      if key.startswith('time_') and key.endswith('_s'):
-        seconds[key[5:-2]] = seconds.get(key[5:-2], 0.0) + value
-  return seconds
+  from aws_jax import timing  # pylint: disable=import-outside-toplevel  # JAX: only once results exist
+  merged = timing.merged(*results['rounds'], *results['final'])
+  return {key[5:-2]: value for key, value in merged.items() if timing.is_time_field(key)}
 
 
 def write_csv(rows: Sequence[dict], path: str) -> None:
@@ -422,7 +419,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
   after the current step with a checkpoint written (`preemption.Stopped`); calling it again resumes.
   """
   validate(config)
-  from aws_jax import engine, preemption, protocol  # pylint: disable=import-outside-toplevel  # heavy: after the checks
+  from aws_jax import engine, preemption, protocol, reporting  # pylint: disable=import-outside-toplevel  # heavy
   runs = {run_name(config, m, p): (m, p, index == 0) for index, p in enumerate(pruning_seeds(config))
           for m in config.study.methods}
   directories = {name: (run_dirs or {}).get(name, os.path.join(workdir, name)) for name in runs}
@@ -435,7 +432,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
       seeded = method_config(config, method, pruning_seed)
       rundir = RunDir(directories[name])
       rundir.check_writable()
-      print(f'study: {method}, pruning seed {pruning_seed}, in {directories[name]}', flush=True)
+      reporting.say(f'study: {method}, pruning seed {pruning_seed}, in {directories[name]}')
       with Lock(rundir):
         protocol.prepare(seeded, rundir, method)
         results = protocol.run_method(setup.with_config(seeded), rundir, method=method, stage='all',

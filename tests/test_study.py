@@ -401,6 +401,13 @@ def test_a_failed_parallel_process_is_reported_on_one_line_with_its_log(tmp_path
   assert 'missing.py' in (tmp_path / 'study' / 'study_seed7.log').read_text()
 
 
+def test_time_account_sums_each_category_over_rounds_and_final_trainings():
+  results = {'rounds': [{'round': 0, 'time_train_s': 1.0, 'wall_s': 9.0}, {'round': 1, 'time_train_s': 2.0,
+                                                                            'time_barrier_s': 0.5}],
+             'final': [{'seed': 2, 'time_train_s': 3.0, 'time_eval_s': 0.25, 'test_accuracy': 0.9}]}
+  assert study.time_account(results) == {'train': 6.0, 'barrier': 0.5, 'eval': 0.25}
+
+
 def test_without_flags_drops_a_flag_in_each_form():
   arguments = ['--config=c.py', '--config.study.starts', "('signed',)", '--parallel', "--config.seed=3",
                '--noparallel', '--config.study.starts=("mask",)', '--', '--parallel']
