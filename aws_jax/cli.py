@@ -3,11 +3,13 @@ quiet logging, one-line errors.
 
 Everything here is light (no JAX): a bad flag, config value, path or workdir is answered within a second or two.
 """
+import contextlib
 import glob
 import importlib.util
 import logging as std_logging
 import os
 import sys
+from typing import Sequence
 
 import ml_collections
 from absl import flags, logging
@@ -198,17 +200,34 @@ def check_no_arguments(argv):
     exit_with(f'unexpected arguments: {" ".join(argv[1:])}')
 
 
-def check_workdir(workdir: str, config: ml_collections.ConfigDict | None = None, probe_lock: bool = True) -> None:
-  """Exits on one line unless `workdir` is (or can be made) a writable directory that no other run is using (and,
-  given `config`, holds no run of another config). `probe_lock=False` where several processes of one run share the
-  workdir: its lock is the run's own, held by process 0, and a probe would find it held by a sibling."""
+def check_workdir(workdir: str, config: ml_collections.ConfigDict | None = None, probe_lock: bool = True,
+                  shared: bool = False) -> None:
+  """Exits on one line unless `workdir` is (or can be made) a writable directory that no other command is using (and,
+  given `config`, holds no run of another config). `shared`: probe the lock as a study holds it (studies may share a
+  workdir, nothing else may). `probe_lock=False` where several processes of one run share the workdir: its lock is
+  the run's own, held by process 0, and a probe would find it held by a sibling."""
   try:
-    rundir = rundir_lib.RunDir(workdir)
-    rundir.check_writable()
-    if config is not None:
-      rundir_lib.check_same_config(rundir, config_lib.fingerprint(config), config.overwrite)
-    if probe_lock:
-      with rundir_lib.Lock(rundir):
-        pass
+    with rundir_lib.left_as_found(workdir, always=True):  # the probe leaves no directory or lock file behind
+      rundir = rundir_lib.RunDir(workdir)
+      rundir.check_writable()
+      if config is not None:
+        rundir_lib.check_same_config(rundir, config_lib.fingerprint(config), config.overwrite)
+      if probe_lock:
+        with rundir_lib.Lock(rundir, shared=shared):
+          pass
   except UserError as e:
     exit_with(e)
+
+
+@contextlib.contextmanager
+def holding(workdirs: Sequence[str], holder: str):
+  """Holds the lock of each existing directory of `workdirs` while a command reads or adds to a run there; exits on
+  one line if another command is using one (a missing directory is left to the command's own check)."""
+  with contextlib.ExitStack() as stack:
+    for workdir in workdirs:
+      if os.path.isdir(workdir):
+        try:
+          stack.enter_context(rundir_lib.Lock(rundir_lib.RunDir(workdir), holder=holder))
+        except UserError as e:
+          exit_with(e)
+    yield

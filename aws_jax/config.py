@@ -68,6 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer.lr = 0.1
   config.optimizer.momentum = 0.9
   config.optimizer.weight_decay = 5e-4
+  config.optimizer.norm_weight_decay = True  # the decay reaches the normalization layers' scale and shift (ψ) too,
+                                    # as in the authors' code; False: ψ is not decayed (docs/method.md, "ψ and decay")
 
   config.prune = ml_collections.ConfigDict()
   config.prune.warmup_epochs = 10   # round 0: dense training
@@ -121,6 +123,13 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def check_preset(preset: str, presets) -> str:
+  """`preset` (a config file's :PRESET) if it is one of `presets`; else a ValueError naming them all."""
+  if preset not in presets:
+    raise ValueError(f'unknown preset {preset!r}; choose one of {", ".join(presets)}')
+  return preset
+
+
 def _check(condition: bool, message: str):
   if not condition:
     raise UserError(message)
@@ -162,6 +171,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config[key] > 0, f'--config.{key}={config[key]} must be positive')
   _check(config.optimizer.lr > 0, f'--config.optimizer.lr={config.optimizer.lr} must be positive')
   _check(config.optimizer.weight_decay >= 0, '--config.optimizer.weight_decay must be >= 0')
+  _check(isinstance(config.optimizer.norm_weight_decay, bool),
+         f'--config.optimizer.norm_weight_decay={config.optimizer.norm_weight_decay!r} must be True or False')
   for key in ('warmup_epochs', 'round_epochs', 'rounds'):
     _check(config.prune[key] >= 0, f'--config.prune.{key}={config.prune[key]} must be >= 0')
   _check(config.final.epochs > 0, f'--config.final.epochs={config.final.epochs} must be positive')

@@ -56,9 +56,10 @@ class Setup:
   def optimizer(self, schedule: str, epochs: int):
     """SGD or Adam as `config.optimizer` says, over `epochs` epochs of `schedule`; one object per (schedule, epochs)."""
     opt = self.config.optimizer
-    return self.built(('optimizer', schedule, epochs), lambda: train.make_optimizer(
+    decayed = None if opt.norm_weight_decay else jax.tree.map(lambda norm: not norm, self.is_norm)
+    return self.built(('optimizer', schedule, epochs, *opt.items()), lambda: train.make_optimizer(
         opt.name, train.schedule(schedule, opt.lr, max(epochs, 1) * self.steps_per_epoch), opt.momentum,
-        opt.weight_decay))
+        opt.weight_decay, decayed))
 
   def train_step(self, tx, aws: bool) -> Callable:
     """The pure train step for this model and data (not compiled), traced with the convolutions `config.conv`."""
@@ -70,7 +71,8 @@ class Setup:
   def step(self, schedule: str, epochs: int, aws: bool, seeds: int = 1) -> Callable:
     """The train step compiled for the mesh, state donated: one seed's state, or `seeds` states stacked (vmapped,
     each with its own batch indices). Compiled once per distinct arguments; `population_inputs` feeds it."""
-    return self.built(('step', schedule, epochs, aws, seeds), lambda: self._compile_step(schedule, epochs, aws, seeds))
+    key = ('step', schedule, epochs, aws, seeds, *self.config.optimizer.items())
+    return self.built(key, lambda: self._compile_step(schedule, epochs, aws, seeds))
 
   def _compile_step(self, schedule: str, epochs: int, aws: bool, seeds: int) -> Callable:
     tx = self.optimizer(schedule, epochs)

@@ -8,6 +8,7 @@ from absl import app, flags
 
 from aws_jax import cli
 from aws_jax import config as config_lib
+from aws_jax import rundir as rundir_lib
 from aws_jax.errors import UserError
 
 _CONFIG = cli.define_config('The run\'s config; its keys are listed above.')
@@ -34,7 +35,8 @@ def main(argv):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU hosts talk over gloo
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
-    protocol.run(config, _WORKDIR.value)
+    with rundir_lib.left_as_found(_WORKDIR.value):  # a refused run (e.g. no dataset) leaves the workdir as it was
+      protocol.run(config, _WORKDIR.value)
   except preemption.Stopped as e:
     cli.exit_with(e, status=128 + e.signum)
   except UserError as e:

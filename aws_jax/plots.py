@@ -393,8 +393,9 @@ def main(argv):
   if not values.workdirs and not values.barriers:
     cli.exit_with('nothing to plot: give --workdirs (with results.json) and/or --barriers (barrier JSON files)')
   try:
-    for path in write_figures(values.workdirs or [], values.barriers or [], values.out, signs=True):
-      print(path)
+    with cli.holding(values.workdirs or [], 'plots'):
+      for path in write_figures(values.workdirs or [], values.barriers or [], values.out, signs=True):
+        print(path)
   except UserError as e:
     cli.exit_with(e)
 

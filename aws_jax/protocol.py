@@ -58,7 +58,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.validate(config)
   rundir = RunDir(workdir)
   rundir.check_writable()
-  with Lock(rundir) if reporting.is_main_process() else contextlib.nullcontext(), preemption.handling_signals():
+  lock = Lock(rundir, holder='main') if reporting.is_main_process() else contextlib.nullcontext()
+  with lock, preemption.handling_signals():
     prepare(config, rundir, config.method)
     source_round = None if config.final.signed_mask else config_lib.source_round(config)
     results = run_method(make_setup(config), rundir, method=config.method, stage=config.stage,

@@ -11,6 +11,7 @@ while a run uses it. No JAX here.
   analyses/NETWORK/NAME.json               an analysis of a trained network (`aws_jax.analyses`)
   barriers/NAME.json, .png                 curves of `python -m aws_jax.barrier`
 """
+import contextlib
 import errno
 import fcntl
 import json
@@ -55,6 +56,11 @@ class RunDir:
   @property
   def lock(self) -> str:
     return self._path('.lock')
+
+  @property
+  def study_files_lock(self) -> str:
+    """Held while a study writes its tables and figures (studies of one workdir take turns)."""
+    return self._path('.study_files.lock')
 
   @property
   def barriers(self) -> str:
@@ -192,30 +198,73 @@ def check_same_config(rundir: RunDir, fingerprint: dict, overwrite: bool) -> lis
 
 
 class Lock:
-  """An exclusive lock on a run directory while a run uses it: a second process is refused on one line (or, with
-  `wait`, waits for it: for short holds such as writing a study's files)."""
+  """A lock on a run directory while a command uses it, so that a second command on the same directory is refused on
+  one line. Exclusive by default (main, barrier, signs export, plots); `shared` for studies, which run together on
+  one workdir (`study --parallel`) but never beside another command. `wait`: wait for it instead of refusing;
+  `path`: another lock file than the directory's own (a study's short hold while it writes its files)."""
 
-  def __init__(self, rundir: RunDir, wait: bool = False):
-    self.path = rundir.lock
-    self.wait = wait
+  def __init__(self, rundir: RunDir, wait: bool = False, shared: bool = False, path: str | None = None,
+               holder: str = ''):
+    self.path = path or rundir.lock
+    self.wait, self.shared = wait, shared
+    self.holder = f'pid {os.getpid()}' + (f' ({holder})' if holder else '')
     self._file = None
 
-  def __enter__(self):
-    self._file = open(self.path, 'a+')  # pylint: disable=consider-using-with
+  def _take(self, kind: int) -> bool:
     try:
-      fcntl.flock(self._file, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+      fcntl.flock(self._file, kind | (0 if self.wait else fcntl.LOCK_NB))
+      return True
     except OSError as e:
       if e.errno not in (errno.EAGAIN, errno.EACCES):
         raise
+      return False
+
+  def __enter__(self):
+    self._file = open(self.path, 'a+')  # pylint: disable=consider-using-with
+    alone = self._take(fcntl.LOCK_EX) if not self.shared or not self.wait else False
+    if alone:  # the only holder: the file names it alone
+      self._file.truncate(0)
+    if self.shared and (alone or self._take(fcntl.LOCK_SH)):
+      if alone:
+        fcntl.flock(self._file, fcntl.LOCK_SH)
+    elif not alone:
       self._file.seek(0)
-      holder = self._file.read().strip() or 'another process'
+      holders = '; '.join(self._file.read().split('\n')).strip('; ') or 'another process'
       self._file.close()
-      raise UserError(f'{os.path.dirname(self.path)} is in use by a running aws_jax process ({holder}); wait for '
+      raise UserError(f'{os.path.dirname(self.path)} is in use by a running aws_jax process ({holders}); wait for '
                       f'it to end, or choose another --workdir') from None
-    self._file.truncate(0)
-    self._file.write(f'pid {os.getpid()}')
+    self._file.write(self.holder + '\n')
     self._file.flush()
     return self
 
   def __exit__(self, *exc):
     self._file.close()  # closing releases the lock
+
+
+@contextlib.contextmanager
+def left_as_found(root: str, always: bool = False):
+  """Removes what a command added to `root` (the directory too, if it made it) when it stops with an error before
+  any checkpoint was written, so that a refused run leaves the directory as it found it; `always`: also when it
+  succeeds (a probe)."""
+  existed = os.path.isdir(root)
+  before = set(os.listdir(root)) if existed else set()
+
+  def restore():
+    if os.path.isdir(root) and not RunDir(root).has_checkpoint():
+      for name in set(os.listdir(root)) - before:
+        target = os.path.join(root, name)
+        if os.path.isdir(target):
+          shutil.rmtree(target)
+        else:
+          os.remove(target)
+      if not existed and not os.listdir(root):
+        os.rmdir(root)
+
+  try:
+    yield
+  except (UserError, SystemExit) as e:
+    if not isinstance(e, SystemExit) or e.code not in (0, None):
+      restore()
+    raise
+  if always:
+    restore()

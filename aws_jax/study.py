@@ -47,6 +47,7 @@ from absl import app, flags
 
 from aws_jax import cli
 from aws_jax import config as config_lib
+from aws_jax import rundir as rundir_lib
 from aws_jax.errors import UserError
 from aws_jax.rundir import Lock, RunDir
 
@@ -426,23 +427,32 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
   study_dir = RunDir(workdir)
   study_dir.check_writable()
   rows, rounds, times = [], {}, {}
-  setup = engine.make_setup(config)
-  with preemption.handling_signals():  # SIGTERM / SIGINT: stop after the current step with a checkpoint written
+  # The workdir is shared with other studies of it (--parallel), never with another command.
+  with Lock(study_dir, shared=True, holder='study'), preemption.handling_signals():  # SIGTERM / SIGINT: stop after
+    setup = engine.make_setup(config)                                                # the step, with a checkpoint
     for name, (method, pruning_seed, first) in runs.items():  # each run directory locked while it is used
       seeded = method_config(config, method, pruning_seed)
       rundir = RunDir(directories[name])
       rundir.check_writable()
       reporting.say(f'study: {method}, pruning seed {pruning_seed}, in {directories[name]}')
-      with Lock(rundir):
+      with Lock(rundir, holder='study'):
         protocol.prepare(seeded, rundir, method)
         results = protocol.run_method(setup.with_config(seeded), rundir, method=method, stage='all',
                                       finals=plan(config, dense=first)[method], seeds=tuple(config.study.seeds))
       rows += rows_of(config, method, results, pruning_seed, dense=first)
       rounds[name] = results['rounds']
       times[name] = time_account(results)
-  rows = sort_rows(rows, config.study.methods, config.study.starts)
-  summaries, differences = group_summaries(rows), comparisons(rows, config.study.methods)
-  with Lock(study_dir, wait=True):  # the study's own files: another study of this workdir may be writing its own
+    rows = sort_rows(rows, config.study.methods, config.study.starts)
+    summaries, differences = group_summaries(rows), comparisons(rows, config.study.methods)
+    files = write_study_files(config, study_dir, rows, summaries, differences, rounds, times, directories)
+  return {'rows': rows, 'summaries': summaries, 'differences': differences, 'rounds': rounds,
+          'run_dirs': directories, 'files': files}
+
+
+def write_study_files(config, study_dir: RunDir, rows, summaries, differences, rounds, times, directories) -> list:
+  """study.csv, study.md and the figures; returns their paths. Other studies of the workdir wait their turn."""
+  workdir = study_dir.root
+  with Lock(study_dir, wait=True, path=study_dir.study_files_lock):
     write_csv(rows, os.path.join(workdir, 'study.csv'))
     table = markdown(summaries, differences, rounds, times)
     with open(os.path.join(workdir, 'study.md'), 'w') as f:
@@ -450,8 +460,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, run_dirs: Mapping[str, 
     files = [os.path.join(workdir, name) for name in ('study.csv', 'study.md')]
     files += figures(config, rows, summaries, differences, rounds, list(directories.values()), workdir)
   print(table, flush=True)
-  return {'rows': rows, 'summaries': summaries, 'differences': differences, 'rounds': rounds,
-          'run_dirs': directories, 'files': files}
+  return files
 
 
 def last_line(path: str) -> str:
@@ -507,11 +516,18 @@ def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequ
   which stops with a checkpoint; then this raises `preemption.Stopped`. A failed process raises UserError with its
   log's last line, after the others end.
   """
-  from aws_jax import preemption  # pylint: disable=import-outside-toplevel
   seeds = pruning_seeds(config)
   without_dense = tuple(s for s in config.study.starts if s != DENSE) or tuple(config.study.starts)
-  environ = {**os.environ, 'XLA_PYTHON_CLIENT_PREALLOCATE': os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')}
   os.makedirs(workdir, exist_ok=True)
+  with Lock(RunDir(workdir), shared=True, holder='study --parallel'):  # the processes share it; other commands wait
+    run_processes(seeds, without_dense, arguments, workdir)
+  return run(config, workdir)
+
+
+def run_processes(seeds, without_dense, arguments, workdir: str) -> None:
+  """`run_at_once`'s processes, one per pruning seed, followed until they end."""
+  from aws_jax import preemption  # pylint: disable=import-outside-toplevel
+  environ = {**os.environ, 'XLA_PYTHON_CLIENT_PREALLOCATE': os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')}
   processes, logs, started = {}, {}, time.monotonic()
   for index, seed in enumerate(seeds):
     replaced = ['parallel', 'config.progress', 'config.study.pruning_seeds'] + ['config.study.starts'] * bool(index)
@@ -552,7 +568,6 @@ def run_at_once(config: ml_collections.ConfigDict, workdir: str, arguments: Sequ
     seed, status = min(failed, key=lambda f: seeds.index(f[0]))  # the first in the command's order
     raise UserError(f'pruning seed {seed}\'s process failed (exit {status}): {last_line(logs[seed])} '
                     f'(whole output: {logs[seed]}); what the others trained is kept, and rerunning resumes')
-  return run(config, workdir)
 
 
 def main(argv, config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, parallel: bool = False):
@@ -562,18 +577,19 @@ def main(argv, config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, pa
     validate(config)
   except UserError as e:
     cli.exit_with(e)
-  cli.check_workdir(workdir_flag.value, probe_lock=False)  # run directories are locked as they are used
+  cli.check_workdir(workdir_flag.value, shared=True)  # refused beside another command; other studies may share it
   from aws_jax import allocator  # pylint: disable=import-outside-toplevel
   allocator.restart_with_tcmalloc()  # after the checks above: a bad input is answered without the restart
   from aws_jax import preemption  # pylint: disable=import-outside-toplevel
   try:
-    if parallel and len(pruning_seeds(config)) > 1:
-      run_at_once(config, workdir_flag.value, sys.argv[1:])
-    else:
-      if parallel:
-        print('note: --parallel runs the pruning seeds at once, and this study has one (--config.study.pruning_seeds '
-              'gives more): it runs as usual', file=sys.stderr, flush=True)
-      run(config, workdir_flag.value)
+    with rundir_lib.left_as_found(workdir_flag.value):  # a refused study (e.g. no dataset) leaves nothing behind
+      if parallel and len(pruning_seeds(config)) > 1:
+        run_at_once(config, workdir_flag.value, sys.argv[1:])
+      else:
+        if parallel:
+          print('note: --parallel runs the pruning seeds at once, and this study has one '
+                '(--config.study.pruning_seeds gives more): it runs as usual', file=sys.stderr, flush=True)
+        run(config, workdir_flag.value)
   except preemption.Stopped as e:
     cli.exit_with(e, status=128 + e.signum)
   except UserError as e:

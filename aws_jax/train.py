@@ -34,16 +34,17 @@ def schedule(kind: str, lr: float, total_steps: int) -> optax.Schedule:
   raise ValueError(f'unknown schedule {kind!r}')
 
 
-def make_optimizer(name: str, learning_rate: optax.ScalarOrSchedule, momentum: float,
-                   weight_decay: float) -> optax.GradientTransformation:
-  """SGD with momentum, or Adam, both with L2 weight decay added to the gradient (as PyTorch does)."""
+def make_optimizer(name: str, learning_rate: optax.ScalarOrSchedule, momentum: float, weight_decay: float,
+                   decayed: Any = None) -> optax.GradientTransformation:
+  """SGD with momentum, or Adam, both with L2 weight decay added to the gradient (as PyTorch does); `decayed`, a
+  bool pytree over the params (None: every leaf), says which leaves the decay reaches."""
   if name == 'sgd':
     base = optax.sgd(learning_rate, momentum=momentum)
   elif name == 'adam':
     base = optax.adam(learning_rate)
   else:
     raise ValueError(f'unknown optimizer {name!r}')
-  return optax.chain(optax.add_decayed_weights(weight_decay), base)
+  return optax.chain(optax.add_decayed_weights(weight_decay, mask=decayed), base)
 
 
 def init_variables(model: nn.Module, key: jax.Array, image_shape) -> tuple[Any, Any]:

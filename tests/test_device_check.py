@@ -1,13 +1,16 @@
 """benchmarks/device_check.sh, the accelerator check, must not rot before a GPU is lent: its --smoke mode runs here."""
 import json
+import os
 import subprocess
+import sys
 
 from conftest import REPO
 
 
 def test_device_check_smoke_writes_every_part(tmp_path):
+  # The interpreter running the suite, whatever `python` is first on PATH (a venv that is not activated).
   result = subprocess.run(['bash', 'benchmarks/device_check.sh', '--smoke', str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+                          env={**os.environ, 'PYTHON': sys.executable}, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   summary = json.loads((tmp_path / 'summary.json').read_text())
   parts = {name: part for name, part in summary.items() if isinstance(part, dict)}

@@ -74,3 +74,11 @@ def test_the_datasets_with_the_references_constants_agree_with_the_constants():
   from aws_jax import data  # pylint: disable=import-outside-toplevel
   from aws_jax.datasets import FACTS  # pylint: disable=import-outside-toplevel
   assert {name for name, facts in FACTS.items() if facts.authors_constants} == set(data.AUTHORS_NORMALIZATION)
+
+
+def test_a_workdir_from_before_norm_weight_decay_resumes_as_decayed():
+  current = config_lib.fingerprint(config_lib.base_config())
+  earlier = {k: v for k, v in current.items() if k != 'optimizer.norm_weight_decay'}
+  assert config_lib.changed_keys(earlier, current) == []  # the authors' rule, every parameter decayed
+  assert config_lib.changed_keys(earlier, {**current, 'optimizer.norm_weight_decay': False}) == \
+      ['optimizer.norm_weight_decay']

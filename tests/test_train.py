@@ -269,3 +269,17 @@ def test_bfloat16_compute_keeps_float32_state_and_masks(net):
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating))
   for p, m in zip(jax.tree.leaves(state_bf16.params), jax.tree.leaves(state_bf16.mask)):
     assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
+
+
+@pytest.mark.parametrize('norm_weight_decay', [True, False])
+def test_norm_weight_decay_decides_whether_psi_decays(norm_weight_decay):
+  """With a zero gradient an SGD step is the decay alone: −lr·wd·w on every leaf, or on all but ψ."""
+  params = {'conv': {'kernel': jnp.full((2,), 2.0)}, 'bn': {'scale': jnp.full((2,), 0.5), 'bias': jnp.full((2,), 3.0)}}
+  is_norm = pruning.norm_leaves(params)
+  assert is_norm == {'conv': {'kernel': False}, 'bn': {'scale': True, 'bias': True}}
+  decayed = None if norm_weight_decay else jax.tree.map(lambda norm: not norm, is_norm)
+  tx = train.make_optimizer('sgd', 0.1, 0.9, 0.01, decayed)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  for leaf, update, norm in zip(jax.tree.leaves(params), jax.tree.leaves(updates), jax.tree.leaves(is_norm)):
+    expected = 0.0 if norm and not norm_weight_decay else -0.1 * 0.01 * leaf
+    np.testing.assert_allclose(update, expected, rtol=1e-6)

@@ -61,11 +61,12 @@ def main(argv):
   except ValueError:
     cli.exit_with(f'--seeds={",".join(_SEEDS.value)} must be integers, e.g. --seeds=2,3')
   try:
-    check_finished(config, _WORKDIR.value, seeds)
-    from aws_jax import barrier, engine  # pylint: disable=import-outside-toplevel  # heavy: after the checks
-    result = barrier.compare(engine.make_setup(config), _WORKDIR.value, preset=_PRESET.value, a=_A.value,
-                             b=_B.value, round_index=_ROUND.value, seeds=seeds)
-    json_path, png_path = barrier.save(result, _WORKDIR.value)
+    with cli.holding([_WORKDIR.value], 'barrier'):
+      check_finished(config, _WORKDIR.value, seeds)
+      from aws_jax import barrier, engine  # pylint: disable=import-outside-toplevel  # heavy: after the checks
+      result = barrier.compare(engine.make_setup(config), _WORKDIR.value, preset=_PRESET.value, a=_A.value,
+                               b=_B.value, round_index=_ROUND.value, seeds=seeds)
+      json_path, png_path = barrier.save(result, _WORKDIR.value)
   except UserError as e:
     cli.exit_with(e)
   errors = result['test_error']

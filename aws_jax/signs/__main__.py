@@ -57,7 +57,9 @@ def main(argv):
       leaves, signed, metadata = read(arguments[0])
       print(f'{argv[2]} ({os.path.getsize(arguments[0]):,} bytes)\n{describe(leaves, signed, metadata)}')
     elif command == 'export':
-      metadata = export(cli.load_config(_CONFIG), given['workdir'], given.get('round'), given['out'])
+      config = cli.load_config(_CONFIG)
+      with cli.holding([given['workdir']], 'signs export'):
+        metadata = export(config, given['workdir'], given.get('round'), given['out'])
     elif command == 'to-torch':
       metadata = to_torch(arguments[0], given['out'])
     else:
