@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from aws_jax import barrier, conv, pruning, reporting, sharding, timing, train
+from aws_jax import config as config_lib
 from aws_jax.engine import Setup
 from aws_jax.errors import UserError
 from aws_jax.rundir import RunDir
@@ -38,13 +39,32 @@ class Network:
 
 
 @dataclasses.dataclass(frozen=True)
+class Field:
+  """A scalar an analysis records, as the study's tables show it."""
+  name: str                  # the record's key (a study.csv column for a final training's analysis)
+  label: str                 # its heading in study.md
+  percent: bool = False      # a fraction, shown in %
+  get: Callable[[dict], Any] | None = None  # how to read it from a record, where it is no plain key
+
+  def of(self, record: dict):
+    return self.get(record) if self.get else record.get(self.name)
+
+  def show(self, record: dict) -> str:
+    value = self.of(record)
+    return 'n/a' if value is None else f'{100 * value:.2f}' if self.percent else f'{value:.2f}'
+
+
+@dataclasses.dataclass(frozen=True)
 class Analysis:
+  """A measurement of trained networks: what it records, where it shows, and what it needs."""
   name: str
   of: str                                  # 'round' or 'final'
   compute: Callable[[Setup, Network], dict]
   key: str                                 # its main output field: a record that has it needs no recomputing
   category: str                            # where its seconds go in the time account
-  applies: Callable[[Setup], bool] = lambda setup: True
+  fields: tuple[Field, ...] = ()           # its scalars in study.csv (final) or the pruning tables (round)
+  line: Callable[[dict], str | None] = lambda record: None  # its part of the round or final line a run prints
+  in_memory: bool = False                  # needs the dataset in memory (error barriers re-estimate statistics)
   current: Callable[[dict, Network], bool] = lambda stored, network: True  # whether a stored result still holds
 
 
@@ -56,8 +76,35 @@ def register(analysis: Analysis) -> Analysis:
   return analysis
 
 
+def check(config) -> None:
+  """Raises UserError unless `config.analyses` names registered analyses only."""
+  unknown = [name for name in config.analyses if name != 'all' and name not in ANALYSES]
+  if unknown:
+    raise UserError(f'--config.analyses has {", ".join(map(repr, unknown))}; each must be \'all\' or one of '
+                    f'{", ".join(ANALYSES)}')
+
+
 def applicable(setup: Setup, of: str) -> list[Analysis]:
-  return [a for a in ANALYSES.values() if a.of == of and a.applies(setup)]
+  """The analyses of `of` ('round' or 'final') that `config.analyses` selects and the data allow. Asking by name for
+  one that needs the data in memory, on a streamed dataset, is refused."""
+  config = setup.config
+  check(config)
+  chosen = []
+  for analysis in ANALYSES.values():
+    if analysis.of != of or not config_lib.analysis_selected(config, analysis.name):
+      continue
+    if analysis.in_memory and setup.streamed:
+      if analysis.name in config.analyses:
+        raise UserError(f'--config.analyses has {analysis.name}, which needs {config.dataset} in memory (it streams '
+                        f'from disk); leave it out')
+      continue
+    chosen.append(analysis)
+  return chosen
+
+
+def line_parts(record: dict, of: str) -> list[str]:
+  """The analyses' parts of a round or final line, in registry order, for those the record holds."""
+  return [part for a in ANALYSES.values() if a.of == of for part in [a.line(record)] if part]
 
 
 def analyse(setup: Setup, rundir: RunDir, of: str, network: Network) -> dict:
@@ -87,7 +134,7 @@ def analyse(setup: Setup, rundir: RunDir, of: str, network: Network) -> dict:
 
 def stored(rundir: RunDir, network: str) -> dict:
   """Every stored analysis of `network`, merged (time fields summed)."""
-  directory = os.path.dirname(rundir.analysis(network, 'x'))
+  directory = rundir.analyses_of(network)
   merged = {}
   for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
     with open(os.path.join(directory, name)) as f:
@@ -100,8 +147,7 @@ def stored(rundir: RunDir, network: str) -> dict:
 def path_data(setup: Setup) -> barrier.PathData:
   """What error barriers are measured on, as `config.barrier` says; built once per setup."""
   if setup.streamed:
-    raise UserError(f'error barriers need {setup.config.dataset} in memory; run it with '
-                    f'--config.barrier.psi_reset=False')
+    raise UserError(f'error barriers need {setup.config.dataset} in memory; leave them out of --config.analyses')
   config = setup.config
   return setup.built('path_data', lambda: barrier.path_data(
       setup.train_images, setup.test_images, setup.test_labels, setup.dataset.mean, setup.dataset.std,
@@ -198,7 +244,7 @@ def pair_curve(setup: Setup, network: Network, other: str) -> dict | None:
 
 def stored_pairs(rundir: RunDir) -> list[dict]:
   """Every stored pair curve of a run directory."""
-  directory = os.path.dirname(rundir.analysis('pairs', 'x'))
+  directory = rundir.analyses_of('pairs')
   curves = []
   for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
     with open(os.path.join(directory, name)) as f:
@@ -222,14 +268,42 @@ def _sgd_noise_barrier(setup: Setup, network: Network) -> dict:
   return {'sgd_noise_barrier': float(sum(barriers) / len(barriers)), 'sgd_noise_peers': list(network.peers)}
 
 
+def _psi(setup: Setup, network: Network) -> dict:
+  """Where ψ went: per normalization layer the mean γ and mean |β|; the median layer's γ, and the share of γ entries
+  below 0.2 (under AWS with weight decay on ψ, γ can decay far below its initial 1: the forward pass sees the
+  trained γ only at α = 0)."""
+  found = pruning.psi_statistics(jax.device_get(network.state.params), setup.is_norm)
+  if not found['layers']:
+    return {}
+  return {'psi_gamma_median': found['gamma_median'], 'psi_gamma_low_share': found['gamma_below'],
+          'psi_layers': found['layers']}
+
+
+def _shown(key: str, text: Callable[[Any], str]) -> Callable[[dict], str | None]:
+  return lambda record: text(record[key]) if record.get(key) is not None else None
+
+
 register(Analysis('recalibrated_accuracy', 'round', _recalibrated_accuracy, key='recalibrated_test_accuracy',
-                  category='reestimate', applies=lambda setup: not setup.streamed))
-register(Analysis('psi_reset_barrier', 'round', _psi_reset, key='psi_reset_barrier', category='barrier',
-                  applies=lambda setup: setup.config.barrier.psi_reset))
-register(Analysis('sign_changes', 'round', _sign_changes, key='signs_changed_from_init', category='eval'))
-register(Analysis('lmc_barrier', 'final', _lmc_barrier, key='lmc_barrier', category='barrier',
-                  applies=lambda setup: setup.config.barrier.lmc and not setup.streamed,
+                  category='reestimate', in_memory=True,
+                  fields=(Field('recalibrated_test_accuracy', 'recalibrated test acc', percent=True),),
+                  line=_shown('recalibrated_test_accuracy', lambda v: f'recalibrated {100 * v:6.2f}')))
+register(Analysis('psi_reset_barrier', 'round', _psi_reset, key='psi_reset_barrier', category='barrier', in_memory=True,
+                  fields=(Field('psi_reset_test_error', 'test error with ψ reset',
+                                get=lambda r: r['psi_reset_test_error'][0] if 'psi_reset_test_error' in r else None),
+                          Field('psi_reset_barrier', 'ψ-reset barrier (points)')),
+                  line=_shown('psi_reset_barrier', lambda v: f'ψ-reset barrier {v:5.2f}')))
+register(Analysis('sign_changes', 'round', _sign_changes, key='signs_changed_from_init', category='eval',
+                  fields=(Field('signs_changed_from_init', 'signs changed since init (%)', percent=True),),
+                  line=_shown('signs_changed_from_init', lambda v: f'signs changed {100 * v:5.2f}%')))
+register(Analysis('psi', 'round', _psi, key='psi_gamma_median', category='eval',
+                  fields=(Field('psi_gamma_median', 'median γ'),
+                          Field('psi_gamma_low_share', 'γ < 0.2 (%)', percent=True)),
+                  line=_shown('psi_gamma_median', lambda v: f'median γ {v:4.2f}')))
+register(Analysis('lmc_barrier', 'final', _lmc_barrier, key='lmc_barrier', category='barrier', in_memory=True,
+                  fields=(Field('lmc_barrier', 'LMC barrier to retrain (points)'),),
+                  line=_shown('lmc_barrier', lambda v: f'LMC barrier to retrain {v:5.2f}'),
                   current=lambda stored, network: stored.get('lmc_reference') == network.reference))
 register(Analysis('sgd_noise_barrier', 'final', _sgd_noise_barrier, key='sgd_noise_barrier', category='barrier',
-                  applies=lambda setup: setup.config.barrier.sgd_noise and not setup.streamed,
+                  in_memory=True, fields=(Field('sgd_noise_barrier', 'SGD-noise barrier (points)'),),
+                  line=_shown('sgd_noise_barrier', lambda v: f'SGD-noise barrier {v:5.2f}'),
                   current=lambda stored, network: stored.get('sgd_noise_peers', []) == list(network.peers)))

@@ -7,8 +7,10 @@ work) and its share of the peak of a large jitted float32 matmul on the same mac
 interpolation; the number of compilations over a pruning stage; an 11-point error barrier's wall time; seeds
 trained at once. With `--torch`, benchmarks/torch_baseline.py (PyTorch, trained the authors' way;
 `pip install -e ".[torch]"`) runs the same step alternately in the same invocation, and the ratio aws_jax / PyTorch
-is printed with each alternation's own. `--conv` picks the convolutions (aws_jax.conv.IMPLS). `--smoke` shrinks
-everything to seconds (the suite runs it). `--help` imports nothing heavy.
+is printed with each alternation's own. `--onednn_libraries=system,pypi` times aws_jax's step once per oneDNN build
+(aws_jax.onednn.LIBRARIES) in each alternation, each in a process of its own, a row per build. `--conv` picks the
+convolutions (aws_jax.conv.IMPLS). `--smoke` shrinks everything to seconds (the suite runs it). `--help` imports
+nothing heavy.
 """
 import json
 import os
@@ -31,6 +33,9 @@ _CONV = flags.DEFINE_enum('conv', 'auto', config_lib.CONV_IMPLS, 'Convolutions o
 _PROFILE = flags.DEFINE_boolean('profile', False, "With --only=step: where the step's time goes, by kind of operation.")
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps after compilation.')
 _TORCH = flags.DEFINE_boolean('torch', False, 'Also time the PyTorch baseline (--torch_script), alternating.')
+_LIBRARIES = flags.DEFINE_list(
+    'onednn_libraries', [], "Time the steps with each of these oneDNN builds (aws_jax.onednn.LIBRARIES: 'system', "
+    "'pypi'), each in a process of its own, alternating with each other and PyTorch. Default: this process's.")
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Alternations of aws_jax and PyTorch runs (aws_jax runs alone).')
 _SMOKE = flags.DEFINE_boolean('smoke', False, 'Tiny sizes and few steps: checks the benchmark runs, times nothing.')
 _TORCH_SCRIPT = flags.DEFINE_string(
@@ -62,6 +67,9 @@ def main(argv):
   smoke, steps = _SMOKE.value, 2 if _SMOKE.value else _STEPS.value
   image, impl = 8 if smoke else _IMAGE.value, _CONV.value
   torch_script = _TORCH_SCRIPT.value if _TORCH.value else None
+  libraries = tuple(_LIBRARIES.value)
+  if set(libraries) - set(onednn.LIBRARIES):
+    raise app.UsageError(f'--onednn_libraries: {", ".join(libraries)} not all of {", ".join(onednn.LIBRARIES)}')
   result = {'machine': platform.machine(), 'cpu_flags': cpu_flags(), 'device': str(jax.devices()[0]),
             'jax': jax.__version__, 'cpu_count': os.cpu_count(), 'convolutions': conv.resolve(impl),
             'onednn': onednn.version() if conv.resolve(impl).startswith('onednn') else None,
@@ -69,11 +77,12 @@ def main(argv):
   if _ONLY.value in (None, 'step', 'matmul'):
     result['matmul_peak'] = speed.matmul_peak(256 if smoke else 4096, steps if _ONLY.value == 'matmul' else 5)
   if _ONLY.value == 'step':
-    result['steps'] = [speed.compared((_MODEL.value, _BATCH.value, _CLASSES.value, _SPARSITY.value), image, steps,
-                                      _AWS.value, _REPEATS.value, torch_script, impl, _PROFILE.value)]
+    result['steps'] = speed.compared((_MODEL.value, _BATCH.value, _CLASSES.value, _SPARSITY.value), image, steps,
+                                     _AWS.value, _REPEATS.value, torch_script, impl, _PROFILE.value, libraries)
   if _ONLY.value is None:
-    result['steps'] = [speed.compared(s, image, steps, True, _REPEATS.value, torch_script, impl)
-                       for s in (SMOKE_SUITE if smoke else SUITE)]
+    result['steps'] = [row for s in (SMOKE_SUITE if smoke else SUITE)
+                       for row in speed.compared(s, image, steps, True, _REPEATS.value, torch_script, impl,
+                                                 libraries=libraries)]
     model_name, batch, classes, _ = (SMOKE_SUITE if smoke else SUITE)[0]
     without = speed.step_figures(model_name, batch, image, classes, steps, 0.0, False, impl)
     with_aws = result['steps'][0]

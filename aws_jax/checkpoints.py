@@ -11,11 +11,12 @@ from aws_jax.train import TrainState
 
 
 class Checkpoints:
-  """The checkpoints in one directory, numbered by round (pruning stage) or epoch (final training)."""
+  """The checkpoints in one directory, numbered by round (pruning stage) or epoch (final training). The directory is
+  made by the first `save`: looking for checkpoints (of a network never trained) leaves no empty directory behind."""
 
   def __init__(self, directory: str, max_to_keep: int | None = None):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=False,
                                            enable_async_checkpointing=False)
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=('state', 'summary'))
 
@@ -30,6 +31,7 @@ class Checkpoints:
     a directory turned read-only) raises UserError with the checkpoints already there intact."""
     item = {'state': state, 'signs': pruning.signs(state.params, state.mask)}
     try:
+      os.makedirs(self.directory, exist_ok=True)
       self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(item),
                                                        summary=ocp.args.JsonSave(summary)))
       self._manager.wait_until_finished()

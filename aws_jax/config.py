@@ -9,7 +9,8 @@ import re
 import ml_collections
 
 from aws_jax import starts
-from aws_jax.datasets import DATASETS, FACTS
+from aws_jax import datasets
+from aws_jax.datasets import FACTS
 from aws_jax.errors import UserError
 
 MODELS = ('small_cnn', 'resnet20', 'resnet56', 'vgg11', 'vgg13', 'vgg16', 'vgg19', 'resnet50', 'resnet50_imagenet',
@@ -34,17 +35,21 @@ CONV_IMPLS = ('auto', 'onednn', 'onednn_direct', 'xla', 'lax')  # = conv.IMPLS (
 
 # Keys that may change between two invocations on the same workdir: they pick what to run, not what a run is.
 RERUN_KEYS = ('stage', 'study.methods', 'study.starts', 'study.source_rounds', 'study.seeds', 'study.pruning_seeds',
+              'study.variants',
               'data_workers',
               'overwrite', 'progress', 'checkpoint_every_steps', 'final.modes', 'final.seeds', 'final.source_round',
               'final.seeds_at_once',
               'mesh.fsdp', 'barrier.points', 'barrier.bn_batches', 'barrier.chunk', 'barrier.psi_reset',
-              'barrier.lmc', 'barrier.sgd_noise')
+              'barrier.lmc', 'barrier.sgd_noise', 'analyses')
+# The older switches of three analyses: False leaves the analysis out, as leaving it out of `analyses` does.
+ANALYSIS_SWITCHES = {'psi_reset_barrier': 'psi_reset', 'lmc_barrier': 'lmc', 'sgd_noise_barrier': 'sgd_noise'}
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Every key a run reads, with the reference protocol's CIFAR values where one applies."""
   config = ml_collections.ConfigDict()
-  config.dataset = 'digits'         # digits, fashion_mnist, cifar10, cifar100, tiny_imagenet, imagenet2012
+  config.dataset = 'digits'         # digits, fashion_mnist, cifar10, cifar100, tiny_imagenet, imagenet2012, or
+                                    # your own: folder:PATH (class sub-folders) or npz:PATH (docs/config.md)
   config.data_dir = ''              # '' means tfds' default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
   config.download = False           # let tfds download and prepare a missing dataset (needs TensorFlow)
   config.train_examples = 0         # > 0: train on only the first this many training examples (quick studies)
@@ -98,9 +103,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.barrier.reestimate = 'average'  # how: 'average' of un-augmented batches' statistics; 'authors' as the
                                     # reference, fresh statistics, augmented batches, momentum 0.1 (docs/method.md)
   config.barrier.chunk = 0          # α points vmapped together; 0: all on an accelerator, 1 on CPU (faster there)
-  config.barrier.psi_reset = True   # the pruning stage records the ψ-reset barrier after every round
-  config.barrier.lmc = True         # final trainings record the barrier to the retrained network of their seed
-  config.barrier.sgd_noise = True   # final trainings record the mean barrier to their start's other seeds
+  config.barrier.psi_reset = True   # False: as leaving psi_reset_barrier out of `analyses` (the older spelling)
+  config.barrier.lmc = True         # False: as leaving lmc_barrier out of `analyses` (the older spelling)
+  config.barrier.sgd_noise = True   # False: as leaving sgd_noise_barrier out of `analyses` (the older spelling)
+
+  config.analyses = ('all',)        # measurements of trained networks (aws_jax/analyses.py, docs/config.md): 'all'
+                                    # registered ones, or names, e.g. ('recalibrated_accuracy', 'psi', 'lmc_barrier')
 
   config.study = ml_collections.ConfigDict()  # python -m aws_jax.study: the paper's comparisons as one grid
   config.study.methods = ('aws', 'lrr')   # one pruning stage per method (any --config.method value)
@@ -108,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.study.source_rounds = (-1,)      # pruning rounds the starts come from; -1: the last
   config.study.seeds = (2, 3, 4)          # one final training per (method, start, round, seed)
   config.study.pruning_seeds = ()         # pruning runs per method: () one, with `seed`; else one per seed listed
+  config.study.variants = ()              # ablations: ((name, {key: value}), ...), each variant's overrides of the
+                                          # runs' config, trained under the same seeds and compared pairwise, e.g.
+                                          # "(('paper', {}), ('wd5e-3', {'optimizer.weight_decay': 5e-3}))"
 
   config.compute_dtype = 'float32'  # 'bfloat16' on TPU/GPU: forward/backward in bf16, params and state float32
   config.conv = 'auto'              # convolutions on CPU: 'onednn' (Winograd where it suits), 'onednn_direct', 'xla',
@@ -130,6 +141,12 @@ def check_preset(preset: str, presets) -> str:
   return preset
 
 
+def analysis_selected(config: ml_collections.ConfigDict, name: str) -> bool:
+  """Whether `config.analyses` selects the analysis `name` ('all', or by name) and no older switch turns it off."""
+  switch = ANALYSIS_SWITCHES.get(name)
+  return ('all' in config.analyses or name in config.analyses) and (switch is None or config.barrier[switch])
+
+
 def _check(condition: bool, message: str):
   if not condition:
     raise UserError(message)
@@ -142,9 +159,20 @@ def _one_of(config, key: str, choices):
   _check(value in choices, f'--config.{key}={value!r} is not one of {", ".join(map(str, choices))}')
 
 
+def _check_in_memory_analyses(config: ml_collections.ConfigDict) -> None:
+  """Error barriers re-estimate BatchNorm statistics from the data in memory: refused, before anything runs, on a
+  dataset that streams from disk."""
+  registered = FACTS.get(config.dataset)
+  asked = [switch for switch in ('psi_reset', 'lmc', 'sgd_noise') if config.barrier[switch]]
+  _check(not (registered and registered.streamed and asked),
+         f'--config.dataset={config.dataset} streams from disk, but error barriers need the data in memory; add '
+         + ' '.join(f'--config.barrier.{switch}=False' for switch in asked))
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UserError naming the first bad value and what would be accepted."""
-  _one_of(config, 'dataset', DATASETS)
+  datasets.check(config.dataset)
+  _check_in_memory_analyses(config)
   _one_of(config, 'model', MODELS)
   recipe(config.method)
   _one_of(config, 'prune.scope', SCOPES)

@@ -1,11 +1,14 @@
-"""Image classification datasets (their normalization and augmentation: aws_jax/augment.py).
+"""Image classification datasets behind one interface, `Source` (what each dataset is: the registry in
+aws_jax/datasets.py; its normalization and augmentation: aws_jax/augment.py).
 
-Held in memory as numpy arrays (`Dataset`): `digits` ships with scikit-learn; Tiny-ImageNet is decoded from its
-official folder layout (and cached as a .npz next to it); the others are read from data prepared by TFDS in the
-array_record format (no TensorFlow needed to read it); Fashion-MNIST can also come from Debian's
-`dataset-fashion-mnist` package. ImageNet is too large for memory: it is streamed (`StreamedDataset`) from TFDS's
-prepared array_record files by grain worker processes that decode and augment it. A dataset that is not there fails
-at once with a `UserError` that says how to get it: nothing is downloaded unless asked.
+A source gives one epoch's training batches for one seed or several at once, the test split's batches, and says
+whether it is held in memory. `Dataset` holds both splits in memory as numpy arrays: `digits` ships with scikit-learn;
+Tiny-ImageNet is decoded from its official folder layout (and cached as a .npz next to it); a user's folder of images
+in class sub-folders (`folder:PATH`) or pair of .npz files (`npz:PATH`) is read as it is; the others come from data
+prepared by TFDS in the array_record format (no TensorFlow needed to read it); Fashion-MNIST can also come from
+Debian's `dataset-fashion-mnist` package. ImageNet is too large for memory: a `StreamedDataset` reads it from TFDS's
+prepared array_record files through grain worker processes that decode and augment it. A dataset that is not there
+fails at once with a `UserError` that says how to get it: nothing is downloaded unless asked.
 """
 import dataclasses
 import functools
@@ -16,7 +19,7 @@ import os
 import pathlib
 import urllib.request
 import zipfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol, Sequence
 
 import grain
 import numpy as np
@@ -24,11 +27,10 @@ import tensorflow_datasets as tfds
 from absl import flags
 from PIL import Image
 
-from aws_jax import augment
-from aws_jax.datasets import DATASETS, FACTS
+from aws_jax import augment, datasets, train
+from aws_jax.datasets import FACTS
 from aws_jax.errors import UserError
 
-_DIGITS_TRAIN_SIZE = 1437
 _FASHION_MNIST_IDX_DIR = pathlib.Path('/usr/share/datasets/fashion-mnist')
 _TINY_IMAGENET_URL = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
 _TINY_IMAGENET_FOLDER = 'tiny-imagenet-200'
@@ -36,17 +38,61 @@ _TINY_IMAGENET_CACHE = 'aws_jax_arrays.npz'
 _IMAGENET_CROP_SCALE = (0.08, 1.0)
 _IMAGENET_SIZE = 224
 _IMAGENET_RESIZE = 256  # test: shorter side resized to this, then the central _IMAGENET_SIZE crop
-_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255  # the usual statistics, in pixel units
-_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
-# The reference's constants (its data/utils.py), in pixel units: CIFAR-10's for CIFAR-100, ImageNet's for Tiny-ImageNet.
-_CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32) * 255
-_CIFAR10_STD = np.array([0.2023, 0.1994, 0.2010], np.float32) * 255
-AUTHORS_NORMALIZATION = {'cifar100': (_CIFAR10_MEAN, _CIFAR10_STD), 'tiny_imagenet': (_IMAGENET_MEAN, _IMAGENET_STD)}
+
+
+def _pixel_units(constants: tuple) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel (mean, std) in [0, 1] as float32 arrays in pixel units."""
+  return tuple(np.array(values, np.float32) * 255 for values in constants)
+
+
+# normalization='authors': the reference's constants (CIFAR-10's for CIFAR-100, ImageNet's for Tiny-ImageNet).
+AUTHORS_NORMALIZATION = {name: _pixel_units(facts.constants) for name, facts in FACTS.items()
+                         if facts.authors_constants}
+
+
+class Source(Protocol):
+  """What a run reads a dataset through (big_vision's `DataSource` is the model).
+
+  A train step reads (images, labels, indices) and an evaluation step (images, labels, indices, valid): it trains on,
+  or evaluates, examples `indices` of `images` and `labels`. `resident(split)` are the leading ones, placed on every
+  device once for the whole run (an in-memory source's whole split; none for a streamed one); the batches are the
+  rest, as this host's rows of each global batch (`process` = (index, count): rows [index, index + 1) × B / count).
+  """
+  name: str
+  num_classes: int
+  mean: np.ndarray    # per channel, in pixel units
+  std: np.ndarray
+  augmentation: str   # what the train step does to a batch (aws_jax/augment.py)
+  in_memory: bool     # the analyses that re-estimate BatchNorm statistics (error barriers) need the data in memory
+
+  @property
+  def num_train(self) -> int: ...
+
+  @property
+  def num_test(self) -> int: ...
+
+  @property
+  def image_shape(self) -> tuple[int, ...]: ...
+
+  def resident(self, split: str) -> tuple[np.ndarray, ...]:
+    """The leading step inputs of `split` ('train' or 'test') that stay on the devices."""
+
+  def train_batches(self, batch_size: int, *, seeds: Sequence[int], phase: int, epoch: int, start: int = 0,
+                    workers: int = 0, process: tuple[int, int] = (0, 1)) -> Iterator[tuple[np.ndarray, ...]]:
+    """The rest of each train step's inputs over one epoch, from step `start`: a function of (seed, phase, epoch)
+    alone, the last incomplete batch dropped. Several `seeds`: their batches stacked on a leading axis, each seed in
+    its own order. `workers`: decoding processes (0: decode in this process)."""
+
+  def test_batches(self, batch_size: int, *, workers: int = 0, process: tuple[int, int] = (0, 1)
+                   ) -> Iterator[tuple[np.ndarray, ...]]:
+    """The rest of each evaluation step's inputs over the test split in order; the last batch is padded with rows
+    whose `valid` is 0."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """Raw (un-normalised) train and test splits, with the train set's per-channel statistics."""
+  """A `Source` held in memory: raw (un-normalised) train and test splits, with the train set's per-channel
+  statistics. The splits stay on the devices (`resident`); a batch is the indices of its examples."""
   name: str
   train_images: np.ndarray
   train_labels: np.ndarray
@@ -56,6 +102,7 @@ class Dataset:
   mean: np.ndarray
   std: np.ndarray
   augmentation: str
+  in_memory = True
 
   @property
   def num_train(self) -> int:
@@ -69,10 +116,28 @@ class Dataset:
   def image_shape(self) -> tuple[int, ...]:
     return self.train_images.shape[1:]
 
+  def resident(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    return (self.train_images, self.train_labels) if split == 'train' else (self.test_images, self.test_labels)
 
-def first_examples(dataset: Dataset, count: int) -> Dataset:
+  def train_batches(self, batch_size: int, *, seeds: Sequence[int], phase: int, epoch: int, start: int = 0,
+                    workers: int = 0, process: tuple[int, int] = (0, 1)) -> Iterator[tuple[np.ndarray]]:
+    """(indices int32 (B,), or (S, B) for S seeds,) of each step: `train.epoch_order` of each seed."""
+    del workers  # nothing to decode
+    orders = np.stack([train.epoch_order(seed, phase, epoch, self.num_train, batch_size) for seed in seeds], axis=1)
+    for indices in orders[start:]:
+      yield (_host_rows(indices if len(seeds) > 1 else indices[0], process),)
+
+  def test_batches(self, batch_size: int, *, workers: int = 0, process: tuple[int, int] = (0, 1)
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(indices int32, valid float32) of each test batch; the padding rows index example 0."""
+    del workers
+    for indices, valid in train.eval_batches(self.num_test, batch_size):
+      yield _host_rows(indices, process), _host_rows(valid, process)
+
+
+def first_examples(dataset: Source, count: int) -> Dataset:
   """`dataset` trained on its first `count` training examples only (statistics and test split unchanged)."""
-  if not isinstance(dataset, Dataset):
+  if not dataset.in_memory:
     raise UserError(f'--config.train_examples needs an in-memory dataset; {dataset.name} streams from disk')
   if count > dataset.num_train:
     raise UserError(f'--config.train_examples={count} exceeds the {dataset.num_train} training examples of '
@@ -83,7 +148,8 @@ def first_examples(dataset: Dataset, count: int) -> Dataset:
 
 @dataclasses.dataclass(frozen=True)
 class StreamedDataset:
-  """A dataset too large for memory, read batch by batch from TFDS's prepared array_record files.
+  """A `Source` too large for memory, read batch by batch from TFDS's prepared array_record files: each batch
+  carries its images, and its indices are its own rows.
 
   Worker processes decode and augment it, so `augmentation` is 'none'; `mean` and `std` are in pixel units.
   """
@@ -95,6 +161,7 @@ class StreamedDataset:
   std: np.ndarray
   image_shape: tuple[int, int, int]
   augmentation: str = 'none'
+  in_memory = False
 
   @property
   def num_train(self) -> int:
@@ -104,82 +171,85 @@ class StreamedDataset:
   def num_test(self) -> int:
     return len(self.test_source)
 
-  def train_batches(self, batch_size: int, *, seed: int, phase: int, epoch: int, workers: int = 0,
-                    process: tuple[int, int] = (0, 1)) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """One epoch of (images uint8 (B, 224, 224, 3), labels int32 (B,)); the last incomplete batch is dropped.
+  def resident(self, split: str) -> tuple[()]:
+    del split
+    return ()
+
+  def train_batches(self, batch_size: int, *, seeds: Sequence[int], phase: int, epoch: int, start: int = 0,
+                    workers: int = 0, process: tuple[int, int] = (0, 1)) -> Iterator[tuple[np.ndarray, ...]]:
+    """(images uint8 (B, 224, 224, 3), labels int32 (B,), indices int32 (B,)) of each step, stacked (S, B, ...) for
+    S seeds.
 
     The order and the augmentation (random resized crop of scale (0.08, 1) to 224 px, horizontal flip with
-    probability 1/2) are functions of (seed, phase, epoch) alone, whatever the number of `workers` (decoding
-    processes; 0: decode in this process). `process` = (index, count) yields only that host's rows of each
-    global batch: rows [index, index + 1) x B / count.
+    probability 1/2) are functions of (seed, phase, epoch) alone, whatever the number of `workers`; batches before
+    `start` are not decoded.
     """
+    epochs = [self._epoch(batch_size, seed, phase, epoch, start, workers, process) for seed in seeds]
+    for batches in zip(*epochs):
+      yield batches[0] if len(seeds) == 1 else tuple(np.stack(arrays) for arrays in zip(*batches))
+
+  def _epoch(self, batch_size: int, seed: int, phase: int, epoch: int, start: int, workers: int,
+             process: tuple[int, int]) -> Iterator[tuple[np.ndarray, ...]]:
     order_seed, augment_seed = (int(s) for s in np.random.SeedSequence((seed, phase, epoch)).generate_state(2))
     examples = (grain.MapDataset.source(self.train_source).shuffle(seed=order_seed)
                 .random_map(_imagenet_train_example, seed=augment_seed))
-    for batch in _iterate(_host_batches(examples, batch_size, process), workers):
-      yield batch['image'], batch['label']
+    rows = _host_rows(np.arange(batch_size, dtype=np.int32), process)
+    for batch in _iterate(_host_batches(examples, batch_size, process)[start:], workers):
+      yield batch['image'], batch['label'], rows
 
   def test_batches(self, batch_size: int, *, workers: int = 0, process: tuple[int, int] = (0, 1)
-                   ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The test split in order as (images uint8, labels int32, valid float32) batches; `process` as for training.
+                   ) -> Iterator[tuple[np.ndarray, ...]]:
+    """(images uint8, labels int32, indices int32, valid float32) of each test batch.
 
-    Each image is resized to 256 px on its shorter side and centre-cropped to 224 px. The last batch is padded
-    with zero rows whose `valid` is 0.
+    Each image is resized to 256 px on its shorter side and centre-cropped to 224 px; padding rows are zeros.
     """
     padded = -(-self.num_test // batch_size) * batch_size
     examples = grain.MapDataset.range(padded).map(functools.partial(_imagenet_test_row, source=self.test_source))
+    rows = _host_rows(np.arange(batch_size, dtype=np.int32), process)
     for batch in _iterate(_host_batches(examples, batch_size, process), workers):
-      yield batch['image'], batch['label'], batch['valid']
+      yield batch['image'], batch['label'], rows, batch['valid']
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = False,
          normalization: str = 'computed') -> Dataset | StreamedDataset:
-  """Loads a dataset of `DATASETS`: 'imagenet2012' as a `StreamedDataset`, the others as a `Dataset`.
+  """Loads the dataset `name` (`datasets.facts`): a registered one, or a user's 'folder:PATH' or 'npz:PATH'; one
+  that streams as a `StreamedDataset`, the others as a `Dataset`.
 
   `data_dir` is the TFDS data directory (default: as TFDS resolves it); for 'tiny_imagenet', the folder holding
   tiny-imagenet-200/, or that folder itself (default: $TINY_IMAGENET_DIR, else TFDS's data directory).
   `normalization` 'computed': the training set's per-channel mean and std; 'authors': the reference's constants
-  where it has them (`AUTHORS_NORMALIZATION`), else computed. ImageNet always has ImageNet's usual constants.
+  where it has them (`AUTHORS_NORMALIZATION`), else computed. A streamed dataset always has its registered constants.
   """
-  if name not in DATASETS:
-    raise UserError(f'Unknown dataset {name!r}; choose one of: {", ".join(DATASETS)}.')
-  if name == 'imagenet2012':
+  facts = datasets.facts(name)
+  if facts.streamed:
     return _load_imagenet(os.fspath(data_dir) if data_dir else _default_tfds_data_dir())
-  dataset = _load_in_memory(name, data_dir, download)
-  if normalization == 'authors' and FACTS[name].authors_constants:
-    mean, std = AUTHORS_NORMALIZATION[name]
-    dataset = dataclasses.replace(dataset, mean=mean, std=std)
-  return dataset
+  arrays = _LOADERS[facts.files](name, data_dir, download)
+  if normalization == 'authors' and name in AUTHORS_NORMALIZATION:
+    arrays['mean'], arrays['std'] = AUTHORS_NORMALIZATION[name]
+  elif 'mean' not in arrays:
+    arrays['mean'], arrays['std'] = _channel_statistics(arrays['train_images'])
+  return Dataset(name=name, num_classes=facts.num_classes, augmentation=facts.augmentation, **arrays)
 
 
-def _load_in_memory(name: str, data_dir, download: bool) -> Dataset:
-  """The in-memory dataset `name`, with its training set's per-channel statistics."""
-  if name == 'tiny_imagenet':
-    return _load_tiny_imagenet(_tiny_imagenet_root(data_dir), download)
-  if name == 'digits':
-    train, test = _load_digits()
+def _load_tfds_arrays(name: str, data_dir, download: bool) -> dict:
+  """A dataset prepared by TFDS in `data_dir` (Fashion-MNIST: or Debian's IDX files), as arrays."""
+  data_dir = os.fspath(data_dir) if data_dir else _default_tfds_data_dir()
+  if _is_prepared(name, data_dir):
+    train, test = _load_tfds(name, data_dir, download=False)
+  elif name == 'fashion_mnist' and _FASHION_MNIST_IDX_DIR.is_dir():
+    train, test = _load_fashion_mnist_idx(_FASHION_MNIST_IDX_DIR)
+  elif download:
+    train, test = _load_tfds(name, data_dir, download=True)
   else:
-    data_dir = os.fspath(data_dir) if data_dir else _default_tfds_data_dir()
-    if _is_prepared(name, data_dir):
-      train, test = _load_tfds(name, data_dir, download=False)
-    elif name == 'fashion_mnist' and _FASHION_MNIST_IDX_DIR.is_dir():
-      train, test = _load_fashion_mnist_idx(_FASHION_MNIST_IDX_DIR)
-    elif download:
-      train, test = _load_tfds(name, data_dir, download=True)
-    else:
-      raise UserError(_missing_message(name, data_dir))
+    raise UserError(_missing_message(name, data_dir))
+  return _arrays(train, test)
+
+
+def _arrays(train: tuple, test: tuple) -> dict:
+  """`Dataset`'s array fields from (images, labels) pairs."""
   (train_images, train_labels), (test_images, test_labels) = train, test
-  mean, std = _channel_statistics(train_images)
-  return Dataset(
-      name=name,
-      train_images=train_images,
-      train_labels=train_labels,
-      test_images=test_images,
-      test_labels=test_labels,
-      num_classes=FACTS[name].num_classes,
-      mean=mean,
-      std=std,
-      augmentation=FACTS[name].augmentation)
+  return {'train_images': train_images, 'train_labels': train_labels, 'test_images': test_images,
+          'test_labels': test_labels}
 
 
 def _channel_statistics(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -208,14 +278,15 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
   return digits.data, digits.target
 
 
-def _load_digits():
+def _load_digits(name: str, data_dir, download: bool) -> dict:
   """scikit-learn's 8x8 digits, float32 in [0, 16], split 1437 / 360 by a fixed permutation."""
+  del data_dir, download
   pixels, targets = _digits_arrays()
   images = pixels.astype(np.float32).reshape(-1, 8, 8, 1)
   labels = targets.astype(np.int32)
   order = np.random.default_rng(0).permutation(len(labels))
-  train, test = order[:_DIGITS_TRAIN_SIZE], order[_DIGITS_TRAIN_SIZE:]
-  return (images[train], labels[train]), (images[test], labels[test])
+  train, test = order[:FACTS[name].num_train], order[FACTS[name].num_train:]
+  return _arrays((images[train], labels[train]), (images[test], labels[test]))
 
 
 def _default_tfds_data_dir() -> str:
@@ -288,8 +359,11 @@ def _tiny_imagenet_root(data_dir: str | os.PathLike | None) -> pathlib.Path:
   return directory if (directory / 'wnids.txt').is_file() else directory / _TINY_IMAGENET_FOLDER
 
 
-def _load_tiny_imagenet(root: pathlib.Path, download: bool) -> Dataset:
-  """Tiny-ImageNet's train and val splits (uint8 (N, 64, 64, 3)): the cache in `root`, else the decoded JPEGs."""
+def _load_tiny_imagenet(name: str, data_dir, download: bool) -> dict:
+  """Tiny-ImageNet's train and val splits (uint8 (N, 64, 64, 3)) and statistics: the cache in its folder
+  (`_tiny_imagenet_root`), else the decoded JPEGs."""
+  del name
+  root = _tiny_imagenet_root(data_dir)
   cache = root / _TINY_IMAGENET_CACHE
   if cache.is_file():
     with np.load(cache) as f:
@@ -312,8 +386,7 @@ def _load_tiny_imagenet(root: pathlib.Path, download: bool) -> Dataset:
     except OSError as e:
       print(f'could not cache the decoded Tiny-ImageNet in {cache} ({e}); the next load decodes it again',
             flush=True)
-  return Dataset(name='tiny_imagenet', num_classes=FACTS['tiny_imagenet'].num_classes,
-                 augmentation=FACTS['tiny_imagenet'].augmentation, **arrays)
+  return arrays
 
 
 def _download_tiny_imagenet(directory: pathlib.Path) -> None:
@@ -344,18 +417,43 @@ def _decode_tiny_imagenet(root: pathlib.Path) -> dict:
   if {example_label for _, example_label in train} != set(range(len(wnids))) or not test:
     raise UserError(f'{root} is incomplete: some class of wnids.txt has no training image, or val/ has none; unzip '
                     f'{_TINY_IMAGENET_URL} there again.')
-  (train_images, train_labels), (test_images, test_labels) = _read_images(train), _read_images(test)
-  mean, std = _channel_statistics(train_images)
-  return {'train_images': train_images, 'train_labels': train_labels, 'test_images': test_images,
-          'test_labels': test_labels, 'mean': mean, 'std': std}
+  arrays = _arrays(_read_images(train), _read_images(test))
+  arrays['mean'], arrays['std'] = _channel_statistics(arrays['train_images'])
+  return arrays
+
+
+def _load_folder(name: str, data_dir, download: bool) -> dict:
+  """A user's folder of images in class sub-folders (`datasets.folder_examples`), as RGB uint8 arrays."""
+  del data_dir, download
+  _, splits = datasets.folder_examples(datasets.user_dataset(name)[1])
+  return _arrays(_read_images(splits['train']), _read_images(splits['test']))
+
+
+def _load_npz(name: str, data_dir, download: bool) -> dict:
+  """A user's PATH/train.npz and PATH/test.npz (their `images` and `labels`, checked by `datasets.facts`)."""
+  del data_dir, download
+  path = datasets.user_dataset(name)[1]
+  splits = []
+  for split in ('train', 'test'):
+    with np.load(path / f'{split}.npz') as arrays:
+      splits.append((arrays['images'], arrays['labels'].astype(np.int32)))
+  return _arrays(*splits)
+
+
+_LOADERS = {'sklearn': _load_digits, 'tfds': _load_tfds_arrays, 'tiny_imagenet': _load_tiny_imagenet,
+            'folder': _load_folder, 'npz': _load_npz}  # by `datasets.Facts.files`: (name, data_dir, download) -> arrays
 
 
 def _read_images(examples: list) -> tuple[np.ndarray, np.ndarray]:
-  """(path, label) pairs as stacked RGB uint8 images and int32 labels."""
+  """(path, label) pairs as stacked RGB uint8 images and int32 labels; UserError for images of another size."""
   first = _read_rgb(examples[0][0])
   images = np.empty((len(examples), *first.shape), np.uint8)
   for i, (path, _) in enumerate(examples):
-    images[i] = _read_rgb(path)
+    image = _read_rgb(path)
+    if image.shape != first.shape:
+      raise UserError(f'{path} is {image.shape[1]}x{image.shape[0]} px, {examples[0][0]} {first.shape[1]}x'
+                      f'{first.shape[0]}: the images of a dataset must share one size')
+    images[i] = image
   return images, np.array([example_label for _, example_label in examples], np.int32)
 
 
@@ -376,9 +474,10 @@ def _load_imagenet(data_dir: str) -> StreamedDataset:
   train, test = tfds.data_source(
       'imagenet2012', split=_splits('imagenet2012'), data_dir=data_dir, download=False,
       builder_kwargs={'file_format': 'array_record'}, decoders={'image': tfds.decode.SkipDecoding()})
-  return StreamedDataset(name='imagenet2012', train_source=train, test_source=test,
-                         num_classes=FACTS['imagenet2012'].num_classes, mean=_IMAGENET_MEAN, std=_IMAGENET_STD,
-                         image_shape=FACTS['imagenet2012'].image_shape)
+  facts = FACTS['imagenet2012']
+  mean, std = _pixel_units(facts.constants)
+  return StreamedDataset(name='imagenet2012', train_source=train, test_source=test, num_classes=facts.num_classes,
+                         mean=mean, std=std, image_shape=facts.image_shape)
 
 
 def _imagenet_train_example(example: dict, rng: np.random.Generator) -> dict:
@@ -416,9 +515,21 @@ def _imagenet_test_row(index: int, source) -> dict:
 def _host_batches(examples: grain.MapDataset, batch_size: int, process: tuple[int, int]) -> grain.MapDataset:
   """The rows of each complete global batch of `examples` that host `process` = (index, count) feeds."""
   index, count = process
+  return examples.batch(_host_size(batch_size, count), drop_remainder=True)[index::count][:len(examples) // batch_size]
+
+
+def _host_rows(rows: np.ndarray, process: tuple[int, int]) -> np.ndarray:
+  """Host `process` = (index, count)'s rows of a global batch's `rows` (along its last axis)."""
+  index, count = process
+  size = _host_size(rows.shape[-1], count)
+  return rows[..., index * size:(index + 1) * size]
+
+
+def _host_size(batch_size: int, count: int) -> int:
+  """The rows of a global batch of `batch_size` that each of `count` processes feeds."""
   if batch_size % count:
     raise UserError(f'the batch size {batch_size} must be a multiple of the {count} processes')
-  return examples.batch(batch_size // count, drop_remainder=True)[index::count][:len(examples) // batch_size]
+  return batch_size // count
 
 
 def _decode_jpeg(data: bytes) -> Image.Image:

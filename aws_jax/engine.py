@@ -2,10 +2,10 @@
 
 `make_setup(config)` loads the data and builds the model; `Setup.step` compiles a train step once per distinct
 (schedule, epochs, AWS or not, seeds at once) and hands the same compiled function to every later caller, so a
-study's methods, rounds and starts share their compilations.
+study's methods, rounds and starts share their compilations. The data's `data.Source` says what the steps read:
+the arrays it keeps on the devices, and each batch's rows.
 """
 import dataclasses
-import itertools
 from typing import Any, Callable
 
 import jax
@@ -18,16 +18,16 @@ from aws_jax import data as data_lib
 from aws_jax.errors import UserError
 
 
+TRAIN_INPUTS = 3  # what a train step reads after its state: images, labels, indices (train.make_train_step)
+
+
 @dataclasses.dataclass(frozen=True)
 class Setup:
-  """The model, the data (device-resident or streamed), the per-leaf rules and the mesh of one config."""
+  """The model, the data and what of it stays on the devices, the per-leaf rules and the mesh of one config."""
   config: ml_collections.ConfigDict
   model: Any
-  dataset: data_lib.Dataset | data_lib.StreamedDataset
-  train_images: jax.Array | None  # None when the dataset streams from disk (ImageNet)
-  train_labels: jax.Array | None
-  test_images: jax.Array | None
-  test_labels: jax.Array | None
+  dataset: data_lib.Source
+  resident: dict[str, tuple[jax.Array, ...]]  # per split, `dataset.resident(split)` on every device
   is_norm: Any
   prunable: Any
   eval_step: Callable
@@ -40,8 +40,33 @@ class Setup:
     return dataclasses.replace(self, config=config)
 
   @property
+  def in_memory(self) -> bool:
+    """Whether the data is held in memory (error barriers and BatchNorm re-estimation read it there)."""
+    return self.dataset.in_memory
+
+  @property
   def streamed(self) -> bool:
-    return self.train_images is None
+    return not self.dataset.in_memory
+
+  # The in-memory splits on every device (what the analyses read); None when the data streams.
+  @property
+  def train_images(self) -> jax.Array | None:
+    return self._in_memory_split('train')[0]
+
+  @property
+  def train_labels(self) -> jax.Array | None:
+    return self._in_memory_split('train')[1]
+
+  @property
+  def test_images(self) -> jax.Array | None:
+    return self._in_memory_split('test')[0]
+
+  @property
+  def test_labels(self) -> jax.Array | None:
+    return self._in_memory_split('test')[1]
+
+  def _in_memory_split(self, split: str) -> tuple:
+    return self.resident[split] or (None, None)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -62,15 +87,15 @@ class Setup:
         opt.weight_decay, decayed))
 
   def train_step(self, tx, aws: bool) -> Callable:
-    """The pure train step for this model and data (not compiled), traced with the convolutions `config.conv`."""
-    make_step = train.make_batch_step if self.streamed else train.make_train_step
-    return conv.using(self.config.conv, make_step(
+    """The pure train step `step(state, images, labels, indices)` for this model and data (not compiled), traced
+    with the convolutions `config.conv`."""
+    return conv.using(self.config.conv, train.make_train_step(
         self.model, tx, aws=aws, is_norm=self.is_norm, augmentation=self.dataset.augmentation,
         mean=self.dataset.mean, std=self.dataset.std, compute_dtype=self.config.compute_dtype))
 
   def step(self, schedule: str, epochs: int, aws: bool, seeds: int = 1) -> Callable:
     """The train step compiled for the mesh, state donated: one seed's state, or `seeds` states stacked (vmapped,
-    each with its own batch indices). Compiled once per distinct arguments; `population_inputs` feeds it."""
+    each with its own batch). Compiled once per distinct arguments; `population_inputs` feeds it."""
     key = ('step', schedule, epochs, aws, seeds, *self.config.optimizer.items())
     return self.built(key, lambda: self._compile_step(schedule, epochs, aws, seeds))
 
@@ -78,13 +103,17 @@ class Setup:
     tx = self.optimizer(schedule, epochs)
     step = self.train_step(tx, aws)
     if seeds > 1:
-      return jax.jit(jax.vmap(step, in_axes=(0, None, None, 0)), donate_argnums=0,
+      return jax.jit(jax.vmap(step, in_axes=(0, *self._per_input(None, 0))), donate_argnums=0,
                      compiler_options=conv.compiler_options())
     state_shardings, replicated = self.state_shardings(tx), sharding.replicated(self.mesh)
-    batch = sharding.batch_sharding(self.mesh)
-    inputs = (batch, batch) if self.streamed else (replicated, replicated, batch)
+    inputs = self._per_input(replicated, sharding.batch_sharding(self.mesh))
     return jax.jit(step, donate_argnums=0, in_shardings=(state_shardings, *inputs),
                    out_shardings=(state_shardings, replicated), compiler_options=conv.compiler_options())
+
+  def _per_input(self, resident, batch) -> tuple:
+    """One of `resident` or `batch` per train-step input: `resident` for those the data keeps on the devices."""
+    kept = len(self.resident['train'])
+    return (resident,) * kept + (batch,) * (TRAIN_INPUTS - kept)
 
   def state_shardings(self, tx):
     """Where each array of a training state with optimizer `tx` lives on the mesh."""
@@ -93,26 +122,15 @@ class Setup:
 
   def epoch_inputs(self, seed: int, phase: int, epoch: int, start: int = 0):
     """The train step's inputs for steps `start`, `start` + 1, … of one epoch; a function of (seed, phase, epoch)."""
-    batch_size = self.config.batch_size
-    if self.streamed:
-      batches = self.dataset.train_batches(batch_size, seed=seed, phase=phase, epoch=epoch,
-                                           workers=self.config.data_workers, process=self._process)
-      for images, labels in itertools.islice(batches, start, None):
-        yield self.put_rows(images), self.put_rows(labels)
-    else:
-      for indices in train.epoch_order(seed, phase, epoch, self.dataset.num_train, batch_size)[start:]:
-        yield self.train_images, self.train_labels, self.put_batch(indices)
+    return self.population_inputs((seed,), phase, epoch, start)
 
   def population_inputs(self, seeds, phase: int, epoch: int, start: int = 0):
-    """The inputs of `step(..., seeds=len(seeds))`: one seed's `epoch_inputs`, or every seed's batch indices
-    stacked (their own data orders) over the data in memory."""
-    if len(seeds) == 1:
-      yield from self.epoch_inputs(seeds[0], phase, epoch, start)
-      return
-    orders = np.stack([train.epoch_order(seed, phase, epoch, self.dataset.num_train, self.config.batch_size)
-                       for seed in seeds])
-    for step in range(start, self.steps_per_epoch):
-      yield self.train_images, self.train_labels, jnp.asarray(orders[:, step])
+    """The inputs of `step(..., seeds=len(seeds))` from step `start` of one epoch: the data's resident arrays, then
+    its batch (every seed's stacked, each in its own data order, for several seeds)."""
+    stacked = len(seeds) > 1
+    for batch in self.dataset.train_batches(self.config.batch_size, seeds=tuple(seeds), phase=phase, epoch=epoch,
+                                            start=start, workers=self.config.data_workers, process=self._process):
+      yield *self.resident['train'], *(self.put_rows(rows, stacked) for rows in batch)
 
   def _unplaced_state(self, seed: int, tx) -> train.TrainState:
     key = jax.random.PRNGKey(seed)
@@ -145,9 +163,9 @@ class Setup:
     """One batch's host array (indices, weights), the same on every host, split over the devices."""
     return sharding.put(array, sharding.batch_sharding(self.mesh))
 
-  def put_rows(self, rows) -> jax.Array:
-    """This host's rows of a global batch, split over the devices."""
-    return jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh), rows)
+  def put_rows(self, rows, stacked: bool = False) -> jax.Array:
+    """This host's rows of a global batch, split over the devices (`stacked`: of a batch per seed, stacked)."""
+    return jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh, stacked), rows)
 
   @property
   def _process(self) -> tuple[int, int]:
@@ -157,15 +175,9 @@ class Setup:
     """Test loss and accuracy of `state` with its own BatchNorm statistics."""
     devices = self.mesh.size
     batch_size = -(-min(self.config.eval_batch_size, self.dataset.num_test) // devices) * devices
-    if not self.streamed:
-      return train.evaluate(self.eval_step, state.params, state.batch_stats, self.test_images, self.test_labels,
-                            batch_size, put_batch=self.put_batch)
-    totals = []
-    for images, labels, valid in self.dataset.test_batches(batch_size, workers=self.config.data_workers,
-                                                           process=self._process):
-      rows = self.put_rows(np.arange(images.shape[0], dtype=np.int32) + jax.process_index() * images.shape[0])
-      totals.append(self.eval_step(state.params, state.batch_stats, self.put_rows(images), self.put_rows(labels),
-                                   rows, self.put_rows(valid)))
+    batches = self.dataset.test_batches(batch_size, workers=self.config.data_workers, process=self._process)
+    totals = [self.eval_step(state.params, state.batch_stats, *self.resident['test'], *map(self.put_rows, batch))
+              for batch in batches]
     loss, correct = np.sum(np.asarray(jax.device_get(totals)), axis=0)
     return {'loss': float(loss / self.dataset.num_test), 'accuracy': float(correct / self.dataset.num_test)}
 
@@ -183,14 +195,10 @@ def make_setup(config: ml_collections.ConfigDict) -> Setup:
   mesh = sharding.make_mesh(config.mesh.fsdp)
   if config.batch_size % mesh.size:
     raise UserError(f'--config.batch_size={config.batch_size} must be a multiple of the {mesh.size} devices')
-  streamed = isinstance(dataset, data_lib.StreamedDataset)
-  on_every_device = lambda array: None if streamed else sharding.put(array, sharding.replicated(mesh))
+  resident = {split: tuple(sharding.put(array, sharding.replicated(mesh)) for array in dataset.resident(split))
+              for split in ('train', 'test')}
   eval_step = train.make_eval_step(model, dataset.mean, dataset.std, config.compute_dtype)
-  return Setup(config=config, model=model, dataset=dataset,
-               train_images=on_every_device(getattr(dataset, 'train_images', None)),
-               train_labels=on_every_device(getattr(dataset, 'train_labels', None)),
-               test_images=on_every_device(getattr(dataset, 'test_images', None)),
-               test_labels=on_every_device(getattr(dataset, 'test_labels', None)),
+  return Setup(config=config, model=model, dataset=dataset, resident=resident,
                is_norm=pruning.norm_leaves(params), prunable=pruning.prunable_leaves(params, config.prune.exclude),
                eval_step=jax.jit(conv.using(config.conv, eval_step), out_shardings=sharding.replicated(mesh),
                                  compiler_options=conv.compiler_options()), mesh=mesh)

@@ -23,6 +23,7 @@ from absl import app, flags
 
 from aws_jax import cli, starts
 from aws_jax.errors import UserError
+from aws_jax.rundir import RunDir
 
 MODE_COLORS = {**{name: start.color for name, start in starts.STARTS.items()}, 'dense': 'k', 'pruning stage': 'C7'}
 METHOD_STYLES = {'aws': ('-', 'o'), 'lrr': ('--', 's'), 'imp': (':', 'D'), 'imp_wr': (':', 'v'),
@@ -116,12 +117,11 @@ def plot_pair_curves(curves: Mapping[str, Sequence[dict]], path: str, title: str
 
 def load_results(workdir: str) -> tuple[dict, dict]:
   """(results.json, config.json) of a workdir; config.json is {} where absent."""
-  path = os.path.join(workdir, 'results.json')
+  path, config_path = RunDir(workdir).results, RunDir(workdir).config
   if not os.path.exists(path):
     raise UserError(f'no results.json in {workdir}: run `python -m aws_jax.main --workdir={workdir} ...` first')
   with open(path) as f:
     results = json.load(f)
-  config_path = os.path.join(workdir, 'config.json')
   config = {}
   if os.path.exists(config_path):
     with open(config_path) as f:
@@ -257,52 +257,82 @@ def plot_accuracy_vs_sparsity(workdirs: Sequence[str], path: str) -> dict:
   return plot_accuracy(stage_points, final_points, path, dense=dense, title=_title(configs))
 
 
-def plot_psi_reset_barriers(workdirs: Sequence[str], path: str) -> dict:
-  """The error barrier between each pruning round's solution and its ψ-reset counterpart, one line per method: the
-  mean over that method's runs (pruning seeds), shaded ± one standard deviation where there are several."""
+def _display(label: str) -> str:
+  """A line's label as shown: the method in capitals, after its variant where it has one ('wd5e-3/AWS')."""
+  variant, _, method = label.rpartition('/')
+  return f'{variant}/{method.upper()}' if variant else method.upper()
+
+
+def _style(label: str) -> tuple[str, str]:
+  return METHOD_STYLES.get(label.rpartition('/')[2], ('-.', '^'))
+
+
+def _round_points(workdirs: Sequence[str], labels: Sequence[str] | None, value) -> tuple[dict, list]:
+  """({label: [(% left, value(record)), ...]}, configs) over every round that has a value; a workdir's label is its
+  method unless `labels` gives one per workdir."""
   points, configs = collections.defaultdict(list), []
-  for workdir in workdirs:
+  for index, workdir in enumerate(workdirs):
     results, config = load_results(workdir)
     configs.append(config)
+    label = labels[index] if labels else _method(results, config)
     for r in results['rounds']:
-      if 'psi_reset_barrier' in r:
-        points[_method(results, config)].append((100 * r['fraction_left'], r['psi_reset_barrier']))
-  if not points:
-    raise UserError(f'no ψ-reset barriers in {", ".join(workdirs)}: the pruning stage records them with '
-                    f'--config.barrier.psi_reset=True')
+      if value(r) is not None:
+        points[label].append((100 * r['fraction_left'], value(r)))
+  return points, configs
+
+
+def _plot_over_rounds(points: Mapping[str, list], configs: Sequence[dict], path: str, ylabel: str) -> dict:
+  """One line per label (its runs' mean at each sparsity), shaded ± one standard deviation where there are several."""
   fig = _figure(figsize=(7, 4.5), layout='constrained')
   ax = fig.subplots()
   all_x, spread = [], {}
-  for method, (xs, ys, stds) in _mean_lines(points).items():
-    linestyle, marker = METHOD_STYLES.get(method, ('-.', '^'))
-    line, = ax.plot(xs, ys, linestyle=linestyle, marker=marker, label=method.upper())
+  for label, (xs, ys, stds) in _mean_lines(points).items():
+    linestyle, marker = _style(label)
+    line, = ax.plot(xs, ys, linestyle=linestyle, marker=marker, label=_display(label))
     if not np.all(np.isnan(stds)):
       low, high = (np.array(ys) + sign * np.nan_to_num(stds) for sign in (-1, 1))
-      ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, label=f'{method.upper()} ± 1 std over runs')
-      spread[method.upper()] = stds
+      ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, label=f'{_display(label)} ± 1 std over runs')
+      spread[_display(label)] = stds
     all_x += xs
   _sparsity_axis(ax, all_x)
-  ax.set(ylabel='error barrier to the ψ-reset network (points)', title=_title(configs))
+  ax.set(ylabel=ylabel, title=_title(configs))
   _legend_outside(ax)
   fig.savefig(path, dpi=150)
-  return {'barrier': _lines(ax), 'spread': spread}
+  return {'lines': _lines(ax), 'spread': spread}
+
+
+def plot_psi_reset_barriers(workdirs: Sequence[str], path: str, labels: Sequence[str] | None = None) -> dict:
+  """The error barrier between each pruning round's solution and its ψ-reset counterpart, one line per method (or
+  per `labels`, one per workdir): the mean over its runs (pruning seeds), shaded ± one standard deviation."""
+  points, configs = _round_points(workdirs, labels, lambda r: r.get('psi_reset_barrier'))
+  if not points:
+    raise UserError(f'no ψ-reset barriers in {", ".join(workdirs)}: the pruning stage records them with '
+                    f'psi_reset_barrier in --config.analyses')
+  drawn = _plot_over_rounds(points, configs, path, 'error barrier to the ψ-reset network (points)')
+  return {'barrier': drawn['lines'], 'spread': drawn['spread']}
+
+
+def plot_psi(workdirs: Sequence[str], path: str, labels: Sequence[str] | None = None) -> dict:
+  """Where ψ went over the pruning stage: the median normalization layer's mean γ after every round (γ starts at 1;
+  the forward pass under AWS sees the trained γ only at α = 0), one line per method (or `labels`)."""
+  points, configs = _round_points(workdirs, labels, lambda r: r.get('psi_gamma_median'))
+  if not points:
+    raise UserError(f'no ψ statistics in {", ".join(workdirs)}: the pruning stage records them with psi in '
+                    f'--config.analyses')
+  drawn = _plot_over_rounds(points, configs, path, 'median over layers of mean γ')
+  return {'gamma': drawn['lines'], 'spread': drawn['spread']}
 
 
 SIGN_KEYS = {'signs_changed_from_init': 'since initialisation',
              'signs_changed_from_previous': 'since the previous round'}  # round records' keys: their titles
 
 
-def plot_sign_changes(workdirs: Sequence[str], path: str) -> dict:
+def plot_sign_changes(workdirs: Sequence[str], path: str, labels: Sequence[str] | None = None) -> dict:
   """Sign analytics of the pruning stage: % of the alive prunable weights whose sign differs from their initial
   value (left) and from the previous round's (right), after every round, one line per method."""
-  points, configs = {key: collections.defaultdict(list) for key in SIGN_KEYS}, []
-  for workdir in workdirs:
-    results, config = load_results(workdir)
-    configs.append(config)
-    for r in results['rounds']:
-      for key in SIGN_KEYS:
-        if key in r:
-          points[key][_method(results, config)].append((100 * r['fraction_left'], 100 * r[key]))
+  points = {key: _round_points(workdirs, labels, lambda r, key=key: None if key not in r else 100 * r[key])[0]
+            for key in SIGN_KEYS}
+  configs = [load_results(workdir)[1] for workdir in workdirs]
   if not any(points.values()):
     raise UserError(f'no sign changes in {", ".join(workdirs)}: their pruning stages did not record '
                     f'{" or ".join(SIGN_KEYS)}')
@@ -310,9 +340,9 @@ def plot_sign_changes(workdirs: Sequence[str], path: str) -> dict:
   axes = dict(zip(SIGN_KEYS, fig.subplots(1, 2)))
   for key, ax in axes.items():
     all_x = []
-    for method, (xs, ys, _) in _mean_lines(points[key]).items():
-      linestyle, marker = METHOD_STYLES.get(method, ('-.', '^'))
-      ax.plot(xs, ys, linestyle=linestyle, marker=marker, label=method.upper())
+    for label, (xs, ys, _) in _mean_lines(points[key]).items():
+      linestyle, marker = _style(label)
+      ax.plot(xs, ys, linestyle=linestyle, marker=marker, label=_display(label))
       all_x += xs
     _sparsity_axis(ax, all_x)
     ax.set(ylabel='signs changed (% of alive weights)', title=SIGN_KEYS[key])
@@ -325,15 +355,16 @@ def plot_sign_changes(workdirs: Sequence[str], path: str) -> dict:
 def plot_comparison(accuracies: Mapping[str, tuple], differences: Mapping[str, tuple], path: str,
                     title: str = '', confidence: float = 0.95, pruning_runs: bool = False) -> dict:
   """The final comparison as points with their intervals: test accuracy (%) of each group (left) and the paired
-  differences in points (right). Each maps a label to (value, interval half-width); NaN: no interval.
-  `pruning_runs`: the intervals are over pruning runs' means (a study with several), not over seeds. The axes take
-  every interval whole (none is clipped at 100 %); returns {'accuracy': {label: (value, half-width)}, 'difference':
-  ...}, as drawn."""
-  fig = _figure(figsize=(12, max(3.0, 0.35 * max(len(accuracies), len(differences)) + 1.8)), layout='constrained')
-  accuracy_ax, difference_ax = fig.subplots(1, 2)
+  differences in points (right; left out where there are none: a grid with no pair to compare). Each maps a label to
+  (value, interval half-width); NaN: no interval. `pruning_runs`: the intervals are over pruning runs' means (a study
+  with several), not over seeds. The axes take every interval whole (none is clipped at 100 %); returns
+  {'accuracy': {label: (value, half-width)}, 'difference': ...}, as drawn (a panel left out: no key)."""
+  rows = max(len(accuracies), len(differences))
+  fig = _figure(figsize=(12 if differences else 8, max(3.0, 0.35 * rows + 1.8)), layout='constrained')
+  accuracy_ax, difference_ax = fig.subplots(1, 2) if differences else (fig.subplots(), None)
   drawn = {}
-  for name, ax, data, color in (('accuracy', accuracy_ax, accuracies, 'C0'),
-                                ('difference', difference_ax, differences, 'C3')):
+  panels = (('accuracy', accuracy_ax, accuracies, 'C0'), ('difference', difference_ax, differences, 'C3'))
+  for name, ax, data, color in panels[:2 if differences else 1]:
     labels = list(data)[::-1]  # the first on top
     values = np.array([data[label][0] for label in labels], float)
     half_widths = np.array([data[label][1] for label in labels], float)
@@ -350,10 +381,11 @@ def plot_comparison(accuracies: Mapping[str, tuple], differences: Mapping[str, t
       margin = 0.08 * max(high - low, 1.0)
       ax.set_xlim(low - margin, high + margin)
     drawn[name] = {label: (float(v), float(h)) for label, v, h in zip(labels[::-1], values[::-1], half_widths[::-1])}
-  difference_ax.axvline(0, color='k', linewidth=0.8)
   accuracy_ax.set(xlabel='test accuracy (%)', title='final trainings')
   paired, unit = ('seed and pruning run', 'pruning runs\' means') if pruning_runs else ('seed', 'seeds')
-  difference_ax.set(xlabel=f'difference (points), paired by {paired}', title='differences')
+  if difference_ax is not None:
+    difference_ax.axvline(0, color='k', linewidth=0.8)
+    difference_ax.set(xlabel=f'difference (points), paired by {paired}', title='differences')
   fig.suptitle(f'{title + chr(10) if title else ""}points: mean over seeds; bars: {100 * confidence:.0f} % t-interval '
                f'over {unit} (none: one value)')
   fig.savefig(path, dpi=150)

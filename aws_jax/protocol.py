@@ -12,7 +12,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from aws_jax import config as config_lib
-from aws_jax import preemption, reporting, stages
+from aws_jax import analyses, preemption, reporting, stages
 from aws_jax.engine import Setup, make_setup
 from aws_jax.rundir import Lock, RunDir, check_same_config
 
@@ -56,6 +56,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   written (`preemption.Stopped`); calling it again resumes.
   """
   config_lib.validate(config)
+  analyses.check(config)
   rundir = RunDir(workdir)
   rundir.check_writable()
   lock = Lock(rundir, holder='main') if reporting.is_main_process() else contextlib.nullcontext()

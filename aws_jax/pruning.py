@@ -256,3 +256,25 @@ def sign_flip_fraction(signed: PyTree, params: PyTree, leaves: PyTree) -> jax.Ar
 def mask_from_signs(signed: PyTree) -> PyTree:
   """The mask a signed mask implies: s ≠ 0 (all True on leaves that were never pruned)."""
   return jax.tree.map(lambda s: s != 0, signed)
+
+
+def psi_statistics(params: PyTree, is_norm: PyTree, low: float = 0.2) -> dict:
+  """The normalization layers' ψ: per layer the mean scale γ and mean |shift β|; over layers the median of the mean
+  γs, and the share of all γ entries below `low` (a γ decayed toward 0 silences its channel)."""
+  flat, rules = traverse_util.flatten_dict(params), traverse_util.flatten_dict(is_norm)
+  layers, gammas = {}, []
+  for path, value in flat.items():
+    if rules[path] and path[-1] in ('scale', 'bias'):
+      value = np.asarray(value, np.float64)
+      layer = layers.setdefault('/'.join(map(str, path[:-1])), {})
+      if path[-1] == 'scale':
+        layer['gamma_mean'] = float(value.mean())
+        gammas.append(value.ravel())
+      else:
+        layer['beta_abs_mean'] = float(np.abs(value).mean())
+  if not gammas:
+    return {'layers': {}}
+  every_gamma = np.concatenate(gammas)
+  return {'layers': dict(sorted(layers.items())),
+          'gamma_median': float(np.median([layer['gamma_mean'] for layer in layers.values() if 'gamma_mean' in layer])),
+          'gamma_below': float(np.mean(every_gamma < low)), 'low': low}

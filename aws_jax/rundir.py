@@ -10,6 +10,13 @@ while a run uses it. No JAX here.
   checkpoints/partial/LABEL/STEP           inside a round or an epoch (removed when the phase completes)
   analyses/NETWORK/NAME.json               an analysis of a trained network (`aws_jax.analyses`)
   barriers/NAME.json, .png                 curves of `python -m aws_jax.barrier`
+
+A study directory (`StudyDir`) holds run directories, one per method and pruning seed, and the study's files:
+
+  study.csv, study.md, *.png              the grid's rows, tables and figures (`aws_jax.study`)
+  <method>/, <method>_seed<p>/            the run directories (the latter for pruning seeds other than config.seed)
+  study_seed<p>.log                       a pruning seed's process under `study --parallel`
+  <variant>/                              a study directory per variant where `study.variants` names some
 """
 import contextlib
 import errno
@@ -57,10 +64,6 @@ class RunDir:
   def lock(self) -> str:
     return self._path('.lock')
 
-  @property
-  def study_files_lock(self) -> str:
-    """Held while a study writes its tables and figures (studies of one workdir take turns)."""
-    return self._path('.study_files.lock')
 
   @property
   def barriers(self) -> str:
@@ -80,13 +83,17 @@ class RunDir:
     """A phase's checkpoint directory: 'prune', 'rewind', or a final training's name (`final_name`)."""
     if phase in (PRUNE, 'rewind'):
       return self._path('checkpoints', phase)
-    return self._path('checkpoints', 'final', phase)
+    return os.path.join(self.final_root, phase)
+
+  @property
+  def final_root(self) -> str:
+    """Where the final trainings' checkpoint directories lie."""
+    return self._path('checkpoints', 'final')
 
   @property
   def finals(self) -> list[str]:
     """The names of the final trainings that have a directory, sorted."""
-    root = os.path.dirname(self.checkpoints('x'))
-    return sorted(os.listdir(root)) if os.path.isdir(root) else []
+    return sorted(os.listdir(self.final_root)) if os.path.isdir(self.final_root) else []
 
   @staticmethod
   def final_name(start: str, source_round: int, seed: int) -> str:
@@ -96,9 +103,13 @@ class RunDir:
     """Checkpoints inside the phase `label` ('round 3', 'final signed_round8_seed2')."""
     return self._path('checkpoints', 'partial', label.replace(' ', '_'))
 
+  def analyses_of(self, network: str) -> str:
+    """The directory of `network`'s stored analyses ('round3', a final training's name, or 'pairs')."""
+    return os.path.join(self.analyses, network)
+
   def analysis(self, network: str, name: str) -> str:
     """The analysis `name` of `network` ('round3' or a final training's name)."""
-    return os.path.join(self.analyses, network, f'{name}.json')
+    return os.path.join(self.analyses_of(network), f'{name}.json')
 
   def relative(self, path: str) -> str:
     """`path` relative to the run directory where it lies inside it, else as given."""
@@ -135,6 +146,57 @@ class RunDir:
         shutil.rmtree(target)
       elif os.path.exists(target):
         os.remove(target)
+
+
+class StudyDir:
+  """The paths of one study directory (absolute): its files, its run directories, its variants' directories."""
+
+  FILES = ('study.csv', 'study.md')
+
+  def __init__(self, root: str):
+    self.root = os.path.abspath(root)
+
+  def _path(self, *parts) -> str:
+    return os.path.join(self.root, *parts)
+
+  @property
+  def csv(self) -> str:
+    return self._path('study.csv')
+
+  @property
+  def markdown(self) -> str:
+    return self._path('study.md')
+
+  @property
+  def files_lock(self) -> str:
+    """Held while a study writes its tables and figures (studies of one workdir take turns)."""
+    return self._path('.study_files.lock')
+
+  def figure(self, name: str) -> str:
+    """A figure of the study ('starts.png', ...)."""
+    return self._path(name)
+
+  def log(self, pruning_seed: int) -> str:
+    """The output of `pruning_seed`'s process under `study --parallel`."""
+    return self._path(f'study_seed{pruning_seed}.log')
+
+  @staticmethod
+  def run_name(method: str, pruning_seed: int, default_seed: int) -> str:
+    """A pruning run's directory name: the method, with `_seed<p>` for pruning seeds other than `default_seed`."""
+    return method if pruning_seed == default_seed else f'{method}_seed{pruning_seed}'
+
+  def run(self, name: str) -> RunDir:
+    """The run directory `name` (`run_name`)."""
+    return RunDir(self._path(name))
+
+  def variant(self, name: str) -> 'StudyDir':
+    """The study directory of a variant (`study.variants`)."""
+    return StudyDir(self._path(name))
+
+  @property
+  def own(self) -> RunDir:
+    """The study directory as a run directory, for its lock (`Lock`) and writability checks."""
+    return RunDir(self.root)
 
 
 def complete_steps(directory: str) -> list[int]:
@@ -241,23 +303,28 @@ class Lock:
     self._file.close()  # closing releases the lock
 
 
+SETUP_FILES = ('.lock', 'config.json')  # what a run writes before it trains
+
+
 @contextlib.contextmanager
 def left_as_found(root: str, always: bool = False):
-  """Removes what a command added to `root` (the directory too, if it made it) when it stops with an error before
-  any checkpoint was written, so that a refused run leaves the directory as it found it; `always`: also when it
+  """Removes what a command added to `root` (the directory too, if it made it) when it stops with an error before it
+  wrote anything but its lock and config (a refused run: no dataset, a bad analysis name), so that the directory is
+  as it was; a run that trained keeps what it wrote (its metrics show what went wrong). `always`: also when it
   succeeds (a probe)."""
   existed = os.path.isdir(root)
   before = set(os.listdir(root)) if existed else set()
 
   def restore():
-    if os.path.isdir(root) and not RunDir(root).has_checkpoint():
-      for name in set(os.listdir(root)) - before:
+    added = set(os.listdir(root)) - before if os.path.isdir(root) else set()
+    if added <= set(SETUP_FILES) and not RunDir(root).has_checkpoint():
+      for name in added:
         target = os.path.join(root, name)
         if os.path.isdir(target):
           shutil.rmtree(target)
         else:
           os.remove(target)
-      if not existed and not os.listdir(root):
+      if not existed and os.path.isdir(root) and not os.listdir(root):
         os.rmdir(root)
 
   try:

@@ -27,9 +27,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """The leading (batch) axis split over every device."""
-  return NamedSharding(mesh, PartitionSpec((DATA, FSDP)))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """The batch axis split over every device: the leading axis, or (`stacked`: a batch per seed) the second."""
+  return NamedSharding(mesh, PartitionSpec(*(None,) * stacked, (DATA, FSDP)))
 
 
 def array_sharding(mesh: Mesh, shape) -> NamedSharding:

@@ -3,12 +3,14 @@
 Each times aws_jax's jitted programs on random data after compiling them: a train step (masked kernels, AWS
 interpolation, SGD momentum + weight decay) and the same step without masks, a large matmul (the machine's
 practical peak), the compilations over a pruning stage, an error barrier, and seeds trained as one vmapped step
-against one by one. `torch_figures` runs a PyTorch script of the same step. Figures only: nothing here asserts a
+against one by one. `torch_figures` runs a PyTorch script of the same step; `step_figures_with`, the step in a
+process of its own with another oneDNN build. Figures only: nothing here asserts a
 speed.
 """
 import collections
 import functools
 import json
+import os
 import pathlib
 import statistics
 import subprocess
@@ -20,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aws_jax import barrier, conv, engine, models, pruning, train
+from aws_jax import barrier, conv, engine, models, onednn, pruning, train
 from aws_jax import config as config_lib
 
 def _median_ms(fn, steps: int) -> tuple[float, float]:
@@ -121,8 +123,10 @@ def step_figures(model_name: str, batch: int, image: int, classes: int, steps: i
       figures['ms_by_operation_kind'] = ms_by_operation_kind(run_step, min(steps, 5))
     except Exception as error:  # a backend whose profiler is missing or differs: the timings still stand
       figures['profile_error'] = f'{type(error).__name__}: {error}'
+  on_onednn = conv.resolve(impl).startswith('onednn')
   return figures | {'model': model_name, 'batch': batch, 'image': image, 'classes': classes, 'aws': aws,
           'sparsity': sparsity, 'convolutions': conv.resolve(impl),
+          'onednn_library': onednn.library() if on_onednn else None, 'onednn': onednn.version() if on_onednn else None,
           'params': sum(int(np.size(p)) for p in jax.tree.leaves(params)),
           'compile_s': round(compile_s, 2), 'ms_per_step_median': round(median, 2),
           'ms_per_step_min': round(min(times['masked']), 2),
@@ -141,31 +145,52 @@ def torch_figures(script: str, model_name: str, batch: int, image: int, classes:
   return json.loads(output.strip().splitlines()[-1])
 
 
+def step_figures_with(library: str, *args) -> dict:
+  """`step_figures(*args)` in a process of its own whose oneDNN convolutions are `library`'s (one of
+  onednn.LIBRARIES, through AWS_JAX_ONEDNN_LIBRARY); RuntimeError where that process runs others."""
+  code = 'import json, sys; from aws_jax import speed; print(json.dumps(speed.step_figures(*json.loads(sys.argv[1]))))'
+  result = subprocess.run([sys.executable, '-c', code, json.dumps(args)], capture_output=True, text=True,
+                          env={**os.environ, 'AWS_JAX_ONEDNN_LIBRARY': library})
+  if result.returncode:
+    raise RuntimeError(f'the step with oneDNN {library!r} failed: {result.stderr[-3000:]}')
+  figures = json.loads(result.stdout.strip().splitlines()[-1])
+  if figures['onednn_library'] != library:
+    raise RuntimeError(f'asked for oneDNN {library!r}, the step ran {figures["convolutions"]!r} convolutions '
+                       f'({figures["onednn_library"]!r}): {result.stderr[-3000:]}')
+  return figures
+
+
 def compared(setting: tuple, image: int, steps: int, aws: bool, repeats: int, torch_script: str | None,
-             impl: str = 'auto', profile: bool = False) -> dict:
-  """aws_jax's step figures, and with a `torch_script`, PyTorch's in alternation with them, `repeats` times: the
-  run of the fastest aws_jax median, PyTorch's fastest median, their ratio, and every run's medians (the spread)."""
+             impl: str = 'auto', profile: bool = False, libraries: tuple[str, ...] = ()) -> list[dict]:
+  """aws_jax's step figures, and with a `torch_script`, PyTorch's in alternation with them, `repeats` times; with
+  `libraries` (onednn.LIBRARIES), aws_jax's once per oneDNN build in each alternation, each in a process of its own
+  (`step_figures_with`). One row per build (this process's where none given): the run of the fastest aws_jax
+  median, PyTorch's fastest median, their ratio, every run's medians (the spread) and each alternation's ratio."""
   model_name, batch, classes, sparsity = setting
   device = 'cuda' if jax.default_backend() == 'gpu' else 'cpu'  # PyTorch on the device aws_jax runs on
-  runs = []
-  for _ in range(repeats):
-    runs.append(('jax', step_figures(model_name, batch, image, classes, steps, sparsity, aws, impl, profile)))
+  args = (model_name, batch, image, classes, steps, sparsity, aws, impl, profile)
+  jax_runs = {library: [] for library in libraries or (None,)}
+  torch_runs = []
+  for _ in range(repeats):  # in alternation, so that a loaded machine slows each alike
+    for library, runs in jax_runs.items():
+      runs.append(step_figures(*args) if library is None else step_figures_with(library, *args))
     if torch_script:
-      runs.append(('torch', torch_figures(torch_script, model_name, batch, image, classes, steps, sparsity, aws,
-                                                device)))
-  jax_runs = [r for kind, r in runs if kind == 'jax']
-  result = min(jax_runs, key=lambda r: r['ms_per_step_median'])
-  result['ms_per_step_medians'] = [r['ms_per_step_median'] for r in jax_runs]
-  result['masking_shares'] = [r['masking_share'] for r in jax_runs]
-  if torch_script:
-    torch_ms = [r['ms_per_step_median'] for kind, r in runs if kind == 'torch']
-    result['torch_ms_per_step_medians'] = torch_ms
-    result['torch_ms_per_step_median'] = min(torch_ms)
-    result['torch_version'] = runs[1][1]['version']
-    result['ratio_jax_over_torch'] = round(result['ms_per_step_median'] / min(torch_ms), 3)
-    # each alternation's own ratio: on a shared machine, the spread says how far to trust the one above
-    result['ratios_per_repeat'] = [round(j / t, 3) for j, t in zip(result['ms_per_step_medians'], torch_ms)]
-  return result
+      torch_runs.append(torch_figures(torch_script, model_name, batch, image, classes, steps, sparsity, aws, device))
+  rows = []
+  for runs in jax_runs.values():
+    result = min(runs, key=lambda r: r['ms_per_step_median'])
+    result['ms_per_step_medians'] = [r['ms_per_step_median'] for r in runs]
+    result['masking_shares'] = [r['masking_share'] for r in runs]
+    if torch_script:
+      torch_ms = [r['ms_per_step_median'] for r in torch_runs]
+      result['torch_ms_per_step_medians'] = torch_ms
+      result['torch_ms_per_step_median'] = min(torch_ms)
+      result['torch_version'] = torch_runs[0]['version']
+      result['ratio_jax_over_torch'] = round(result['ms_per_step_median'] / min(torch_ms), 3)
+      # each alternation's own ratio: on a shared machine, the spread says how far to trust the one above
+      result['ratios_per_repeat'] = [round(j / t, 3) for j, t in zip(result['ms_per_step_medians'], torch_ms)]
+    rows.append(result)
+  return rows
 
 
 def matmul_peak(size: int, steps: int) -> dict:

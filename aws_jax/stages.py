@@ -1,5 +1,6 @@
 """The protocol's stages over one `Setup` and one `RunDir`: the pruning stage of a method, and final trainings of
 starts × seeds from one of its rounds (or a signs file). Every round and final training resumes on its own."""
+import json
 import os
 import time
 
@@ -14,12 +15,40 @@ from aws_jax.errors import UserError
 from aws_jax.loop import Member, Partial, stop, stop_requested, train_epochs
 from aws_jax.rundir import PRUNE, RunDir
 
+CHECKPOINT_RECORD = 'checkpoint_seconds'  # analyses/NETWORK/checkpoint_seconds.json: its last checkpoint's write
 FINAL_PHASE = 1_000_000  # data-order phase of final trainings (pruning rounds use their round number)
 START_KEY = 7  # folded into a final training's seed for the random draws of its start (random signs or mask)
 
 
 def round_name(round_index: int) -> str:
   return f'round{round_index}'
+
+
+def save_checkpoint(rundir: RunDir, network: str, checkpoints: Checkpoints, step: int, state: train.TrainState,
+                    summary: dict, timer: timing.Timer, share: float = 1.0) -> None:
+  """Saves `state` at `step` with `summary` and `timer`'s fields (× `share`) so far. The write's own seconds, which
+  the checkpoint (immutable once saved) cannot hold, go beside it as a record that results.json merges like an
+  analysis (`analyses.stored`); an earlier checkpoint's record, counted in this summary, goes first."""
+  path = rundir.analysis(network, CHECKPOINT_RECORD)
+  main = reporting.is_main_process()
+  if main and os.path.exists(path):
+    os.remove(path)
+  before = timer.fields(share)
+  with timer('checkpoint'):
+    checkpoints.save(step, state, {**summary, **before})
+  own = {key: round(value - before.get(key, 0.0), 3) for key, value in timer.fields(share).items()}
+  if main:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    reporting.write_json(path, {key: value for key, value in own.items() if value > 0})
+
+
+def checkpoint_record(rundir: RunDir, network: str) -> dict:
+  """The seconds of `network`'s last checkpoint write (`save_checkpoint`); {} for run directories made before."""
+  path = rundir.analysis(network, CHECKPOINT_RECORD)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
 
 
 # --- Pruning stage. -----------------------------------------------------------------------------------------------
@@ -76,8 +105,7 @@ def pruning_stage(setup: Setup, rundir: RunDir, method: str, log: reporting.Metr
     summary = {'round': round_index, 'method': method,
                'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'], **metrics,
                'epochs': epochs, 'wall_s': round(time.time() - start, 2)}
-    with timer('checkpoint'):
-      checkpoints.save(round_index, state, {**summary, **timer.fields()})
+    save_checkpoint(rundir, round_name(round_index), checkpoints, round_index, state, summary, timer)
     partial.discard()
     found = analyses.analyse(setup, rundir, 'round', analyses.Network(round_name(round_index), state,
                                                                      previous_signs=previous_signs, summary=summary))
@@ -108,12 +136,8 @@ def analyse_saved_rounds(setup: Setup, rundir: RunDir, checkpoints: Checkpoints,
 def round_line(record: dict) -> str:
   """A pruning round as the one line a run prints for it."""
   parts = [f'round {record["round"]:2d}', f'{100 * record["fraction_left"]:6.2f}% left',
-           f'train acc {100 * record["train_accuracy"]:6.2f}', f'test acc {100 * record["test_accuracy"]:6.2f}']
-  if 'recalibrated_test_accuracy' in record:
-    parts.append(f'recalibrated {100 * record["recalibrated_test_accuracy"]:6.2f}')
-  if 'psi_reset_barrier' in record:
-    parts.append(f'ψ-reset barrier {record["psi_reset_barrier"]:5.2f}')
-  parts.append(f'signs changed {100 * record["signs_changed_from_init"]:5.2f}%')
+           f'train acc {100 * record["train_accuracy"]:6.2f}', f'test acc {100 * record["test_accuracy"]:6.2f}',
+           *analyses.line_parts(record, 'round')]
   return ' | '.join(parts) + f' | {timing.total(record):.1f}s ({_time_shares(record)})'
 
 
@@ -238,11 +262,9 @@ def analyse_finals(setup: Setup, rundir: RunDir, source_round: int, start_names,
       found = analyses.analyse(setup, rundir, 'final', analyses.Network(
           name, load(name), rundir=rundir, reference=reference if finished(reference) else None, peers=peers,
           load=load))
-      barriers = [f'{label} {found[key]:5.2f}' for key, label in (('lmc_barrier', 'LMC barrier to retrain'),
-                                                                  ('sgd_noise_barrier', 'SGD-noise barrier'))
-                  if key in found]
-      if barriers:
-        reporting.say(f'final {start:16s} from round {source_round} seed {seed} | ' + ' | '.join(barriers))
+      parts = analyses.line_parts(found, 'final')
+      if parts:
+        reporting.say(f'final {start:16s} from round {source_round} seed {seed} | ' + ' | '.join(parts))
     loaded.clear()
 
 
@@ -296,10 +318,8 @@ def final_group(setup: Setup, rundir: RunDir, source, signed, source_round: int,
                    'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'], **metrics,
                    'signs_flipped_since_start': pruning.sign_flips(start_signs[seed], state.params,
                                                                    carries_signs)['overall'],
-                   'epochs': epoch, 'wall_s': round(time.time() - start_time, 2),
-                   **timer.fields(1 / len(pending))}
-        with timer('checkpoint'):
-          checkpoints[seed].save(epoch, state, summary)
+                   'epochs': epoch, 'wall_s': round(time.time() - start_time, 2)}
+        save_checkpoint(rundir, names[seed], checkpoints[seed], epoch, state, summary, timer, 1 / len(pending))
       return save
 
     members = [Member(seed, f'final {names[seed]}', partials[seed], saver(seed)) for seed in pending]
@@ -308,7 +328,8 @@ def final_group(setup: Setup, rundir: RunDir, source, signed, source_round: int,
                  phase=FINAL_PHASE, epochs=range(first, epochs), log=log, resume=position, timer=timer)
     for partial in partials.values():
       partial.discard()
-  summaries = [checkpoints[seed].summary(checkpoints[seed].latest()) for seed in seeds]
+  summaries = [timing.merged(checkpoints[seed].summary(checkpoints[seed].latest()),
+                             checkpoint_record(rundir, names[seed])) for seed in seeds]
   for c in checkpoints.values():
     c.close()
   return summaries
@@ -326,7 +347,7 @@ def saved_summaries(directory: str) -> list[dict]:
 
 def collect_results(rundir: RunDir, final_epochs: int) -> dict:
   """results.json's content from the run directory: every saved round and finished final training, each with its
-  stored analyses."""
+  stored analyses (and its last checkpoint write's seconds, stored beside them: `save_checkpoint`)."""
   rounds = [timing.merged(s, analyses.stored(rundir, round_name(s['round'])))
             for s in saved_summaries(rundir.checkpoints(PRUNE))]
   final = []

@@ -12,14 +12,13 @@ starts and seeds 2 and 3: 760 epochs in all. Expected runtime on one H100, an es
 about 3 hours, the three small networks about 1–2 hours each (XLA's FLOP count × 3 at ~35 TFLOP/s for ResNet-50;
 the depthwise networks are bound by memory and per-step overhead instead).
 """
-from aws_jax.config import base_config
+from aws_jax.config import base_config, check_preset
 
 PRESETS = ('resnet50', 'mobilenetv2', 'efficientnet_b0', 'shufflenet')  # each the model of that name
 
 
 def get_config(preset: str = 'resnet50'):
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; choose one of {", ".join(PRESETS)}')
+  check_preset(preset, PRESETS)
   config = base_config()  # base_config() holds the CIFAR protocol: SGD 0.9, wd 5e-4, batch 128, 10 + 15×10, 100 epochs
   config.dataset = 'cifar100'
   config.model = preset

@@ -10,11 +10,14 @@ signed-mask transfer within a couple of points of it. `:lrr` gives the same run 
 `:study` is a quick study (AWS and LRR, three starts and dense, 3 seeds; about 3 minutes on 2 CPU cores):
   python -m aws_jax.study --config=configs/digits.py:study --workdir=runs/digits_study
 """
-from aws_jax.config import base_config
+from aws_jax.config import METHODS, base_config, check_preset
+
+PRESETS = (*METHODS, 'study')  # a method's one run (aws+X: --config.method=aws+X), or the study grid
 
 
 def get_config(preset: str = 'aws'):
   """PRESET: the method ('aws', 'lrr', ...) of one run, or 'study' (the grid of `python -m aws_jax.study`)."""
+  check_preset(preset, PRESETS)
   config = base_config()
   config.dataset = 'digits'
   config.model = 'small_cnn'        # 4 convs (32, 32, 64, 64) with BatchNorm, max-pools, a dense classifier

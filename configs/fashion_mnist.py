@@ -18,13 +18,14 @@ longer); on a GPU the full grid takes minutes.
 2 × 50 pruning-stage epochs and 27 final trainings of 10 epochs (with barriers after every round and between final
 networks): 73 minutes on 2 CPU cores, 109 s on one H200 GPU; what it measured: README, "Studies".
 """
-from aws_jax.config import base_config
+from aws_jax.config import base_config, check_preset
+
+PRESETS = ('quick', 'paper')
 
 
 def get_config(preset: str = 'quick'):
   """PRESET: 'quick' (the half-hour study above) or 'paper' (the paper's argument, `paper_config`)."""
-  if preset not in ('quick', 'paper'):
-    raise ValueError(f'unknown preset {preset!r}; choose quick or paper')
+  check_preset(preset, PRESETS)
   config = base_config()
   config.dataset = 'fashion_mnist'
   config.model = 'small_cnn'

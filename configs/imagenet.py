@@ -13,7 +13,7 @@ batch 256. Expected runtime on one H100, an estimate (not measured), assuming th
 ResNet-50 about a week (~15 min an epoch), Mixer about 4 days, MobileNetV2 about 3 days.
 Needs imagenet2012 prepared for tfds (manual download; see README, "Datasets"); streamed by `data_workers` processes.
 """
-from aws_jax.config import base_config
+from aws_jax.config import base_config, check_preset
 
 # preset: (model, optimizer, lr, weight decay, batch size)
 PRESETS = {
@@ -24,8 +24,7 @@ PRESETS = {
 
 
 def get_config(preset: str = 'resnet50'):
-  if preset not in PRESETS:
-    raise ValueError(f'unknown preset {preset!r}; choose one of {", ".join(PRESETS)}')
+  check_preset(preset, PRESETS)
   model, optimizer, lr, weight_decay, batch_size = PRESETS[preset]
   config = base_config()
   config.dataset = 'imagenet2012'
@@ -44,5 +43,7 @@ def get_config(preset: str = 'resnet50'):
   config.final.seeds = (2, 3)
   config.data_workers = 12          # JPEG decoding processes; ~600 images/s each on one CPU core
   config.barrier.psi_reset = False  # barriers re-estimate BatchNorm from in-memory data; ImageNet streams
+  config.barrier.lmc = False
+  config.barrier.sgd_noise = False
   config.checkpoint_every_epochs = 2  # an epoch is long here
   return config

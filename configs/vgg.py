@@ -12,10 +12,13 @@ with this code). Expected dense accuracy of VGG-16-BN on CIFAR-10 ≈ 93–94 %;
 signed-mask transfer lands close to it while the mask-only transfer does not.
 `configs/vgg.py:smoke` shrinks everything to a few steps to check an installation.
 """
-from aws_jax.config import base_config
+from aws_jax.config import base_config, check_preset
+
+PRESETS = ('aws', 'lrr', 'smoke')  # aws: the protocol above; lrr: the same without AWS; smoke: a few steps (AWS)
 
 
-def get_config(preset: str = ''):
+def get_config(preset: str = 'aws'):
+  check_preset(preset, PRESETS)
   config = base_config()  # base_config() holds the CIFAR protocol: SGD 0.9, lr 0.1, wd 5e-4, batch 128, 10 + 15×10
   config.dataset = 'cifar10'
   config.model = 'vgg16'

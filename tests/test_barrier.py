@@ -1,4 +1,5 @@
-"""Tests for aws_jax.barrier: interpolation, BatchNorm re-estimation, error curves and barriers, presets, CLI."""
+"""Tests for aws_jax.barrier (interpolation, BatchNorm re-estimation, error curves and barriers) and its command
+line (aws_jax.barrier_command: checkpoints, presets, files; `python -m aws_jax.barrier`)."""
 import functools
 import json
 import os
@@ -12,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from aws_jax import augment, barrier, engine, protocol, pruning, stages, train
+from aws_jax import augment, barrier, barrier_command, engine, protocol, pruning, stages, train
 from aws_jax import config as config_lib
 from aws_jax import data as data_lib
 from aws_jax.checkpoints import Checkpoints
@@ -285,7 +286,7 @@ def digits_run(tmp_path_factory):
                                  'final.seeds': (2, 3), 'stage': 'prune', 'barrier.points': 5})
   results = protocol.run(config, workdir)
   setup = engine.make_setup(config)
-  source, _, _ = barrier.load_checkpoint(setup, 'checkpoints/prune:1', workdir)
+  source, _, _ = barrier_command.load_checkpoint(setup, 'checkpoints/prune:1', workdir)
   tx = setup.optimizer('step', config.final.epochs)
   for seed in (2, 3):
     for mode in ('signed', 'retrain'):
@@ -304,7 +305,7 @@ def test_pruning_stage_records_the_psi_reset_barrier(digits_run):
     assert len(r['psi_reset_test_error']) == len(r['psi_reset_curve']) == 5
     assert r['psi_reset_barrier'] == max(r['psi_reset_curve'])
     assert r['psi_reset_test_error'][-1] == pytest.approx(100 * (1 - r['test_accuracy']), abs=3)
-  again = barrier.compare(setup, workdir, preset='psi_reset', round_index=1)
+  again = barrier_command.compare(setup, workdir, preset='psi_reset', round_index=1)
   assert again['name'] == 'psi_reset_round1' and again['a'] == 'checkpoints/prune:1'
   assert again['barrier'] == results['rounds'][1]['psi_reset_barrier']
   assert again['test_error'] == results['rounds'][1]['psi_reset_test_error']
@@ -313,24 +314,24 @@ def test_pruning_stage_records_the_psi_reset_barrier(digits_run):
 def test_presets_compare_the_papers_pairs_and_save_json_and_png(digits_run):
   workdir, config, results = digits_run
   setup = engine.make_setup(config)
-  lmc = barrier.compare(setup, workdir, preset='lmc')
+  lmc = barrier_command.compare(setup, workdir, preset='lmc')
   assert (lmc['a'], lmc['b']) == ('checkpoints/final/signed_round1_seed2:1', 'checkpoints/final/retrain_round1_seed2:1')
   assert lmc['b_recorded_test_accuracy'] == pytest.approx(results['rounds'][1]['test_accuracy'])
-  noise = barrier.compare(setup, workdir, preset='sgd_noise')
+  noise = barrier_command.compare(setup, workdir, preset='sgd_noise')
   assert noise['name'] == 'sgd_noise_round1_seeds2-3' and noise['b'].endswith('signed_round1_seed3:1')
-  explicit = barrier.compare(setup, workdir, a='checkpoints/final/signed_round1_seed2',
-                             b=os.path.join(workdir, 'checkpoints/final/signed_round1_seed3/1'))
+  explicit = barrier_command.compare(setup, workdir, a='checkpoints/final/signed_round1_seed2',
+                                     b=os.path.join(workdir, 'checkpoints/final/signed_round1_seed3/1'))
   assert explicit['test_error'] == noise['test_error']
-  json_path, png_path = barrier.save(noise, workdir)
+  json_path, png_path = barrier_command.save(noise, workdir)
   assert json_path == os.path.join(RunDir(workdir).barriers, 'sgd_noise_round1_seeds2-3.json')
   with open(json_path) as f:
     assert json.load(f) == noise
   with open(png_path, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   with pytest.raises(UserError, match='compares two seeds'):
-    barrier.compare(setup, workdir, preset='sgd_noise', seeds=[2])
+    barrier_command.compare(setup, workdir, preset='sgd_noise', seeds=[2])
   with pytest.raises(UserError, match='has no checkpoint 7'):
-    barrier.compare(setup, workdir, a='checkpoints/prune:7', b='checkpoints/prune:1')
+    barrier_command.compare(setup, workdir, a='checkpoints/prune:7', b='checkpoints/prune:1')
 
 
 @pytest.mark.parametrize('key, value, fragment', [

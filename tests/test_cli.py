@@ -51,6 +51,7 @@ def test_config_errors_are_one_line(run_without_jax):
            (('--config=configs/digits.py',), 'no such file'),  # relative to the working directory: not here
            (('--config=no_such_name',), f'names {NAMES}'),
            (('--config=cifar100:resnet18',), "unknown preset 'resnet18'"),
+           ((f'--config={REPO}/configs/vgg.py:typo',), "unknown preset 'typo'; choose one of aws, lrr, smoke"),
            (('--config=digits', '--config.prune.fraction=2'), 'between 0 and 1')]
   for args, fragment in cases:
     for module in ('aws_jax.main', 'aws_jax.barrier', 'aws_jax.study'):

@@ -79,6 +79,28 @@ def test_docstring_opens_with_its_command_and_unknown_presets_fail(file):
     module.get_config('resnet18')
 
 
+def load_module(file: str):
+  spec = importlib.util.spec_from_file_location(file, os.path.join(CONFIGS, f'{file}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize('file', sorted(name[:-3] for name in os.listdir(CONFIGS)
+                                        if name.endswith('.py') and name != '__init__.py'))
+def test_every_config_refuses_an_unknown_preset_naming_its_presets_and_loads_each(file):
+  module = load_module(file)
+  presets = tuple(module.PRESETS)
+  assert presets
+  with pytest.raises(ValueError) as refused:
+    module.get_config('no_such_preset')
+  assert str(refused.value) == f"unknown preset 'no_such_preset'; choose one of {', '.join(presets)}"
+  for preset in presets:
+    config = load_as_cli(f'{file}:{preset}')
+    config_lib.validate(config)
+  config_lib.validate(load_as_cli(f'{file}:'))  # the default preset
+
+
 def test_the_light_schema_names_every_model():
   assert config_lib.MODELS == models.MODELS
   assert config_lib.INITS == models.INITS

@@ -1,6 +1,5 @@
 """Tests for aws_jax.data: loading (digits, small prepared TFDS datasets, Fashion-MNIST IDX, a Tiny-ImageNet folder
 tree), ImageNet's streaming pipeline on a fake prepared imagenet2012, normalize, augment."""
-import dataclasses
 import importlib.util
 import io
 import shutil
@@ -14,14 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
-from array_record.python import array_record_module
 from PIL import Image
-from tensorflow_datasets.proto import tf_example_pb2
-from tensorflow_datasets.proto import tf_feature_pb2
 
-from aws_jax import augment, data
+from aws_jax import augment, data, datasets
+from aws_jax import train as train_lib
 from aws_jax.errors import UserError
+import fakes
 
 
 @pytest.fixture(autouse=True)
@@ -215,7 +212,7 @@ def test_augment_rejects_unknown_kind():
 def test_unknown_dataset_lists_choices():
   with pytest.raises(UserError, match='cifar100') as error:
     data.load('imagenet')
-  assert all(name in str(error.value) for name in data.DATASETS)
+  assert all(name in str(error.value) for name in datasets.DATASETS)
 
 
 @pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
@@ -240,52 +237,12 @@ def test_missing_fashion_mnist_mentions_debian_package(tmp_path, monkeypatch):
   assert str(tmp_path) in str(error.value) and '\n' not in str(error.value)
 
 
-def _encode(image: np.ndarray, image_format: str) -> bytes:
-  encoded = io.BytesIO()
-  Image.fromarray(image).save(encoded, format=image_format)
-  return encoded.getvalue()
-
-
-def _example(**features) -> bytes:
-  """A serialized tf.train.Example as TFDS writes it: bytes features as bytes lists, ints as int64 lists."""
-  def feature(value):
-    if isinstance(value, bytes):
-      return tf_feature_pb2.Feature(bytes_list=tf_feature_pb2.BytesList(value=[value]))
-    return tf_feature_pb2.Feature(int64_list=tf_feature_pb2.Int64List(value=[int(value)]))
-
-  return tf_example_pb2.Example(features=tf_feature_pb2.Features(
-      feature={key: feature(value) for key, value in features.items()})).SerializeToString()
-
-
-def _prepare_fake_tfds(name: str, data_dir, splits: dict) -> None:
-  """Writes a prepared array_record `name` (metadata and shards, as TFDS lays them out) of `splits`' examples.
-
-  `tfds.testing.mock_data` cannot stand in: its data source's `__getitems__` is broken in tfds 4.9.10.
-  """
-  builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
-  builder.data_path.mkdir(parents=True)
-  split_infos = []
-  for split, examples in splits.items():
-    template = tfds.core.ShardedFileTemplate(
-        data_dir=builder.data_path, dataset_name=name, split=split, filetype_suffix='array_record')
-    writer = array_record_module.ArrayRecordWriter(
-        str(template.sharded_filepath(shard_index=0, num_shards=1)), 'group_size:1')
-    for example in examples:
-      writer.write(example)
-    writer.close()
-    split_infos.append(tfds.core.SplitInfo(
-        name=split, shard_lengths=[len(examples)], num_bytes=0, filename_template=template))
-  builder.info.set_splits(tfds.core.SplitDict(split_infos))
-  builder.info.set_file_format('array_record')
-  builder.info.write_to_directory(builder.data_path)
-
-
 def test_cifar10_from_prepared_tfds_data(tmp_path):
   rng = np.random.default_rng(0)
   splits = {split: (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.arange(n) % 10)
             for split, n in (('train', 12), ('test', 5))}
-  _prepare_fake_tfds('cifar10', tmp_path, {
-      split: [_example(id=b'%s_%05d' % (split.encode(), i), image=_encode(image, 'PNG'), label=label)
+  fakes.prepare_fake_tfds('cifar10', tmp_path, {
+      split: [fakes.example(id=b'%s_%05d' % (split.encode(), i), image=fakes.encode(image, 'PNG'), label=label)
               for i, (image, label) in enumerate(zip(images, labels))]
       for split, (images, labels) in splits.items()})
   dataset = data.load('cifar10', data_dir=tmp_path)
@@ -402,6 +359,80 @@ def test_tiny_imagenet_downloads_the_official_zip_when_asked(tmp_path, monkeypat
   assert sorted(path.name for path in (tmp_path / 'data').iterdir()) == ['tiny-imagenet-200']
 
 
+def _user_splits(rng) -> dict:
+  """{split: {class: [images]}} of 12 x 10 px RGB images: 3 classes in train/, 2 of them in test/."""
+  images = lambda count: list(rng.integers(0, 256, (count, 12, 10, 3), dtype=np.uint8))
+  return {'train': {'cat': images(2), 'ant': images(3), 'bee': images(1)}, 'test': {'bee': images(2), 'ant': images(1)}}
+
+
+def test_a_folder_of_images_in_class_sub_folders_is_a_dataset(tmp_path):
+  splits = _user_splits(np.random.default_rng(0))
+  fakes.write_image_folder(tmp_path, splits)
+  (tmp_path / 'train' / 'ant' / 'notes.txt').write_text('not an image')
+  dataset = data.load(f'folder:{tmp_path}')
+  assert dataset.in_memory and dataset.name == f'folder:{tmp_path}' and dataset.num_classes == 3
+  assert dataset.image_shape == (12, 10, 3) and dataset.augmentation == 'none'
+  np.testing.assert_array_equal(dataset.train_labels, [0, 0, 0, 1, 2, 2])  # ant, bee, cat: ImageFolder's order
+  np.testing.assert_array_equal(dataset.test_labels, [0, 1, 1])
+  np.testing.assert_array_equal(dataset.train_images, np.stack(splits['train']['ant'] + splits['train']['bee']
+                                                               + splits['train']['cat']))
+  np.testing.assert_array_equal(dataset.test_images[1:], np.stack(splits['test']['bee']))
+  np.testing.assert_allclose(dataset.mean, dataset.train_images.reshape(-1, 3).mean(axis=0), rtol=1e-6)
+  facts = datasets.facts(f'folder:{tmp_path}')
+  assert (facts.image_shape, facts.num_classes, facts.num_train, facts.num_test) == ((12, 10, 3), 3, 6, 3)
+
+
+def test_a_pair_of_npz_files_is_a_dataset(tmp_path):
+  rng = np.random.default_rng(0)
+  arrays = {split: (rng.integers(0, 256, (n, 6, 6, 2), dtype=np.uint8), np.arange(n) % 4)
+            for split, n in (('train', 8), ('test', 3))}
+  for split, (images, labels) in arrays.items():
+    np.savez(tmp_path / f'{split}.npz', images=images, labels=labels)
+  dataset = data.load(f'npz:{tmp_path}')
+  assert dataset.num_classes == 4 and dataset.image_shape == (6, 6, 2) and dataset.train_labels.dtype == np.int32
+  np.testing.assert_array_equal(dataset.train_images, arrays['train'][0])
+  np.testing.assert_array_equal(dataset.test_labels, arrays['test'][1])
+  facts = datasets.facts(f'npz:{tmp_path}')
+  assert (facts.image_shape, facts.num_classes, facts.num_train, facts.num_test) == ((6, 6, 2), 4, 8, 3)
+
+
+def test_a_missing_or_malformed_user_dataset_fails_fast_with_one_line(tmp_path):
+  for name, fragment in ((f'folder:{tmp_path / "none"}', f'{tmp_path / "none"} has no train'),
+                         (f'npz:{tmp_path}', f'{tmp_path} has no train.npz'),
+                         ('zip:/data', 'folder:PATH, npz:PATH')):
+    with pytest.raises(UserError, match=fragment) as error:
+      data.load(name)
+    assert '\n' not in str(error.value)
+  fakes.write_image_folder(tmp_path / 'classes', {'train': {'a': [np.zeros((4, 4, 3), np.uint8)]},
+                                                   'test': {'b': [np.zeros((4, 4, 3), np.uint8)]}})
+  with pytest.raises(UserError, match='is a class that .* lacks'):
+    data.load(f'folder:{tmp_path / "classes"}')
+  fakes.write_image_folder(tmp_path / 'sizes', {'train': {'a': [np.zeros((4, 4, 3), np.uint8),
+                                                                np.zeros((5, 4, 3), np.uint8)]},
+                                                 'test': {'a': [np.zeros((4, 4, 3), np.uint8)]}})
+  with pytest.raises(UserError, match='must share one size'):
+    data.load(f'folder:{tmp_path / "sizes"}')
+  np.savez(tmp_path / 'train.npz', images=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(2, int))
+  np.savez(tmp_path / 'test.npz', images=np.zeros((2, 4, 4, 1), np.uint8), labels=np.zeros(2, int))
+  with pytest.raises(UserError, match=r'not uint8 \(N, H, W, C\)'):
+    data.load(f'npz:{tmp_path}')
+
+
+def test_an_in_memory_source_batches_indices_per_seed_host_and_step(digits):
+  assert digits.in_memory and [a.shape for a in digits.resident('train')] == [(1437, 8, 8, 1), (1437,)]
+  order = {seed: train_lib.epoch_order(seed, 2, 3, 1437, 64) for seed in (1, 5)}
+  alone = list(digits.train_batches(64, seeds=(1,), phase=2, epoch=3))
+  np.testing.assert_array_equal(np.stack([indices for (indices,) in alone]), order[1])
+  together = list(digits.train_batches(64, seeds=(1, 5), phase=2, epoch=3, start=20))
+  np.testing.assert_array_equal(np.stack([indices for (indices,) in together]),
+                                np.stack([order[1][20:], order[5][20:]], axis=1))
+  host = list(digits.train_batches(64, seeds=(1,), phase=2, epoch=3, process=(1, 4)))
+  np.testing.assert_array_equal(np.stack([indices for (indices,) in host]), order[1][:, 16:32])
+  (first, first_valid), (second, second_valid) = digits.test_batches(256, process=(1, 2))  # 360: 256 + 104, padded
+  np.testing.assert_array_equal(first, np.arange(128, 256))  # host 1 of 2: the second half of each batch
+  assert first_valid.all() and not second_valid.any() and not second.any()  # rows 384..511: all padding
+
+
 def _imagenet_image(label: int, height: int, width: int) -> np.ndarray:
   """A solid image whose colour encodes `label`, so it survives any crop, resize and flip."""
   return np.broadcast_to(np.array([20 * label, 250 - 20 * label, 100], np.uint8), (height, width, 3)).copy()
@@ -413,24 +444,31 @@ def fake_imagenet(tmp_path_factory):
   5 noisy validation JPEGs (label 100 + i); returns (data_dir, the validation JPEGs)."""
   data_dir = tmp_path_factory.mktemp('tfds')
   rng = np.random.default_rng(0)
-  train = [_encode(_imagenet_image(i, 180 + 17 * i, 320 - 13 * i), 'JPEG') for i in range(11)]
+  train = [fakes.encode(_imagenet_image(i, 180 + 17 * i, 320 - 13 * i), 'JPEG') for i in range(11)]
   shapes = ((300, 240), (240, 300), (256, 256), (333, 500), (231, 224))
-  validation = [_encode(rng.integers(0, 256, shape + (3,), dtype=np.uint8), 'JPEG') for shape in shapes]
-  _prepare_fake_tfds('imagenet2012', data_dir, {
-      'train': [_example(file_name=b'n%08d_%d.JPEG' % (i, i), image=image, label=i) for i, image in enumerate(train)],
-      'validation': [_example(file_name=b'ILSVRC2012_val_%08d.JPEG' % i, image=image, label=100 + i)
+  validation = [fakes.encode(rng.integers(0, 256, shape + (3,), dtype=np.uint8), 'JPEG') for shape in shapes]
+  fakes.prepare_fake_tfds('imagenet2012', data_dir, {
+      'train': [fakes.example(file_name=b'n%08d_%d.JPEG' % (i, i), image=image, label=i)
+                for i, image in enumerate(train)],
+      'validation': [fakes.example(file_name=b'ILSVRC2012_val_%08d.JPEG' % i, image=image, label=100 + i)
                      for i, image in enumerate(validation)]})
   return data_dir, validation
 
 
-def _epoch(dataset, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-  batches = list(dataset.train_batches(4, **kwargs))
-  return np.stack([images for images, _ in batches]), np.stack([labels for _, labels in batches])
+def _epoch(dataset, seed, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+  """One epoch of batches of 4 for `seed`: (images, labels), each stacked over the steps; each batch's indices are
+  its own rows (those of the host, with `process`)."""
+  batches = list(dataset.train_batches(4, seeds=(seed,), **kwargs))
+  index, count = kwargs.get('process', (0, 1))
+  for _, _, indices in batches:
+    np.testing.assert_array_equal(indices, np.arange(4 // count) + index * 4 // count)
+  return np.stack([images for images, _, _ in batches]), np.stack([labels for _, labels, _ in batches])
 
 
 def test_imagenet_streams_from_prepared_tfds_data(fake_imagenet):
   dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
-  assert isinstance(dataset, data.StreamedDataset) and dataset.name == 'imagenet2012'
+  assert isinstance(dataset, data.StreamedDataset) and dataset.name == 'imagenet2012' and not dataset.in_memory
+  assert dataset.resident('train') == dataset.resident('test') == ()
   assert dataset.num_classes == 1000 and dataset.augmentation == 'none' and dataset.image_shape == (224, 224, 3)
   assert dataset.num_train == 11 and dataset.num_test == 5
   np.testing.assert_allclose(dataset.mean, [123.675, 116.28, 103.53], rtol=1e-6)
@@ -452,11 +490,29 @@ def test_imagenet_train_batches_are_a_seeded_permutation_of_augmented_examples(f
   assert len(orders | {tuple(labels.ravel())}) == 4
 
 
+def test_imagenet_batches_of_several_seeds_stack_each_seeds_own_and_resume_at_a_step(fake_imagenet, monkeypatch):
+  dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
+  decoded = []
+  real_example = data._imagenet_train_example
+  monkeypatch.setattr(data, '_imagenet_train_example', lambda *args: decoded.append(1) or real_example(*args))
+  together = list(dataset.train_batches(4, seeds=(1, 2), phase=0, epoch=0))
+  assert [images.shape for images, _, _ in together] == [(2, 4, 224, 224, 3)] * 2
+  for seed_index, seed in enumerate((1, 2)):
+    images, labels = _epoch(dataset, seed=seed, phase=0, epoch=0)
+    np.testing.assert_array_equal(np.stack([batch[1][seed_index] for batch in together]), labels)
+    np.testing.assert_array_equal(np.stack([batch[0][seed_index] for batch in together]), images)
+  decoded.clear()
+  [(images, labels, _)] = dataset.train_batches(4, seeds=(1,), phase=0, epoch=0, start=1)
+  assert len(decoded) == 4  # the batch before `start` is not decoded
+  np.testing.assert_array_equal(labels, _epoch(dataset, seed=1, phase=0, epoch=0)[1][1])
+
+
 def test_imagenet_train_example_is_torchvisions_random_resized_crop_then_flip():
   image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
   flips = []
   for seed in range(8):
-    out = data._imagenet_train_example({'image': _encode(image, 'PNG'), 'label': 7}, np.random.default_rng(seed))
+    out = data._imagenet_train_example({'image': fakes.encode(image, 'PNG'), 'label': 7},
+                                     np.random.default_rng(seed))
     assert out['label'] == 7 and out['label'].dtype == np.int32
     rng = np.random.default_rng(seed)  # replays the draws: the box (scale (0.08, 1)), then the flip
     top, left, height, width = augment.random_box(rng, 300, 400, (0.08, 1.0))
@@ -487,10 +543,11 @@ def test_imagenet_batches_do_not_depend_on_the_number_of_workers(fake_imagenet, 
 def test_imagenet_test_batches_resize_256_centre_crop_224_and_pad(fake_imagenet):
   dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
   batches = list(dataset.test_batches(2))
-  assert len(batches) == 3 and all(images.shape == (2, 224, 224, 3) for images, _, _ in batches)
-  images = np.concatenate([images for images, _, _ in batches])
-  labels = np.concatenate([labels for _, labels, _ in batches])
-  valid = np.concatenate([valid for _, _, valid in batches])
+  assert len(batches) == 3 and all(images.shape == (2, 224, 224, 3) for images, _, _, _ in batches)
+  assert all(np.array_equal(indices, [0, 1]) for _, _, indices, _ in batches)
+  images = np.concatenate([images for images, _, _, _ in batches])
+  labels = np.concatenate([labels for _, labels, _, _ in batches])
+  valid = np.concatenate([valid for _, _, _, valid in batches])
   assert images.dtype == np.uint8 and labels.dtype == np.int32 and valid.dtype == np.float32
   np.testing.assert_array_equal(labels, [100, 101, 102, 103, 104, 0])
   np.testing.assert_array_equal(valid, [1, 1, 1, 1, 1, 0])
@@ -512,10 +569,11 @@ def test_imagenet_hosts_feed_their_rows_of_each_global_batch(fake_imagenet):
   np.testing.assert_array_equal(np.concatenate([labels for _, labels in hosts], axis=1), whole[1])
   test_rows = [[batch for batch in dataset.test_batches(4, process=(index, 2))] for index in range(2)]
   assert [len(rows) for rows in test_rows] == [2, 2]
-  np.testing.assert_array_equal(np.concatenate([labels for rows in zip(*test_rows) for _, labels, _ in rows]),
+  np.testing.assert_array_equal(np.concatenate([labels for rows in zip(*test_rows) for _, labels, _, _ in rows]),
                                 [100, 101, 102, 103, 104, 0, 0, 0])
+  assert [indices.tolist() for rows in zip(*test_rows) for _, _, indices, _ in rows] == [[0, 1], [2, 3]] * 2
   with pytest.raises(UserError, match='multiple of the 3 processes'):
-    next(dataset.train_batches(4, seed=1, phase=0, epoch=0, process=(0, 3)))
+    next(dataset.train_batches(4, seeds=(1,), phase=0, epoch=0, process=(0, 3)))
 
 
 def test_missing_imagenet_fails_fast_with_one_line_on_manual_download(tmp_path):
@@ -526,16 +584,22 @@ def test_missing_imagenet_fails_fast_with_one_line_on_manual_download(tmp_path):
   assert f'tfds build imagenet2012 --data_dir={tmp_path} --manual_dir=' in message
 
 
-def test_protocol_trains_on_streamed_imagenet(fake_imagenet, tmp_path):
-  """The whole protocol on a streamed dataset: batches from the pipeline, evaluation over its test batches."""
+def test_protocol_trains_on_streamed_imagenet(fake_imagenet, tmp_path, monkeypatch):
+  """The whole protocol on a streamed dataset: batches from the pipeline, decoded as the steps need them (no split
+  read whole), evaluation over its test batches."""
   from aws_jax import config as config_lib, protocol  # pylint: disable=import-outside-toplevel
   config = config_lib.base_config()
   config.update({'dataset': 'imagenet2012', 'data_dir': str(fake_imagenet[0]), 'model': 'small_cnn',
                  'batch_size': 4, 'eval_batch_size': 4, 'progress': False})
   config.prune.update({'warmup_epochs': 1, 'rounds': 1, 'round_epochs': 1})
   config.final.update({'epochs': 1, 'modes': ('signed',), 'seeds': (2,)})
-  config.barrier.psi_reset = False
+  config.barrier.update({'psi_reset': False, 'lmc': False, 'sgd_noise': False})
+  decoded = []
+  real_example = data._imagenet_train_example
+  monkeypatch.setattr(data, '_imagenet_train_example', lambda *args: decoded.append(1) or real_example(*args))
+  monkeypatch.setattr(data, '_to_arrays', lambda source: pytest.fail('a streamed split was read whole'))
   results = protocol.run(config, str(tmp_path))
+  assert len(decoded) == 3 * 2 * 4  # streamed: each of 3 epochs decodes its 2 batches of 4, nothing more
   assert [r['fraction_left'] for r in results['rounds']] == pytest.approx([1.0, 0.8], abs=1e-3)
   assert [(f['mode'], f['epochs']) for f in results['final']] == [('signed', 1)]
   for r in results['rounds'] + results['final']:
@@ -546,7 +610,8 @@ def test_authors_normalization_is_the_references_constants_for_cifar100_and_tiny
   """The reference normalises CIFAR-100 with CIFAR-10's constants and Tiny-ImageNet with ImageNet's; computed
   statistics stay for every other dataset, and for all with normalization='computed'."""
   digits = data.load('digits')
-  monkeypatch.setattr(data, '_load_in_memory', lambda name, *_: dataclasses.replace(digits, name=name))
+  arrays = {key: getattr(digits, key) for key in ('train_images', 'train_labels', 'test_images', 'test_labels')}
+  monkeypatch.setattr(data, '_LOADERS', {files: lambda *_: dict(arrays) for files in data._LOADERS})
   constants = {'cifar100': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
                'tiny_imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
   for name in ('digits', 'fashion_mnist', 'cifar10', 'cifar100', 'tiny_imagenet'):

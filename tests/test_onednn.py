@@ -1,4 +1,7 @@
-"""oneDNN's convolutions equal lax's, forward and backward; models use them on CPU; without them, XLA's run."""
+"""oneDNN's convolutions equal lax's, forward and backward; models use them on CPU; without them, XLA's run.
+
+They test the library `onednn.load()` picks; `AWS_JAX_ONEDNN_LIBRARY=system` or `=pypi` tests either one.
+"""
 import os
 import pathlib
 import shutil
@@ -13,11 +16,24 @@ from conftest import assert_same_values_and_gradients
 
 from aws_jax import conv, models, onednn
 
+
+def _installed(library: str) -> bool:
+  """Whether `library`'s headers are here (oneDNN 2.6's at Debian's path, or PyPI's onednn-devel)."""
+  if library == 'system':
+    return pathlib.Path('/usr/include/dnnl.hpp').exists()
+  try:
+    onednn._pypi_dirs()  # pylint: disable=protected-access
+  except OSError:
+    return False
+  return True
+
+
 # CI installs libdnnl-dev and g++ (.ci/run); elsewhere, without them, only the fallback is tested.
-BUILDABLE = shutil.which('c++') is not None and pathlib.Path('/usr/include/dnnl.hpp').exists()
-needs_build = pytest.mark.skipif(not BUILDABLE, reason='needs g++ and libdnnl-dev')
+INSTALLED = [name for name in onednn.LIBRARIES if shutil.which('c++') and _installed(name)]
+BUILDABLE = os.environ.get('AWS_JAX_ONEDNN_LIBRARY', 'auto') in (*INSTALLED, 'auto') and bool(INSTALLED)
 needs_onednn = pytest.mark.skipif(not BUILDABLE or os.environ.get('AWS_JAX_ONEDNN') == '0',
-                                  reason='needs g++ and libdnnl-dev, and oneDNN not turned off by AWS_JAX_ONEDNN=0')
+                                  reason='needs g++ and libdnnl-dev or onednn-devel, and oneDNN not turned off by '
+                                  'AWS_JAX_ONEDNN=0')
 # oneDNN 2.x has float32 Winograd convolutions for AVX-512 only; elsewhere winograd=True runs the direct ones.
 AVX512 = 'avx512f' in pathlib.Path('/proc/cpuinfo').read_text() if pathlib.Path('/proc/cpuinfo').exists() else False
 DN = ('NHWC', 'HWIO', 'NHWC')
@@ -118,12 +134,12 @@ def test_models_use_onednn_except_on_tiny_maps():
   hlo = lambda layer, x: jax.jit(layer.apply).lower(layer.init(jax.random.PRNGKey(0), x), x).as_text()
   for layer in (models.Conv(8, (3, 3)), models.Conv(8, (1, 1), strides=(2, 2))):
     text = hlo(layer, big)
-    assert 'aws_onednn_conv_forward' in text and 'convolution' not in text
+    assert onednn.target('conv_forward') in text and 'convolution' not in text
   assert 'aws_onednn' not in hlo(models.Conv(8, (3, 3)), tiny)  # an im2col matmul is faster on a 2×2 map
   for x in (big, tiny):  # grouped convolutions (depthwise ones too) have no im2col form: oneDNN's on any map
     for groups in (16, 4):
       text = hlo(models.Conv(16, (3, 3), feature_group_count=groups), x)
-      assert 'aws_onednn_conv_forward' in text and 'convolution' not in text
+      assert onednn.target('conv_forward') in text and 'convolution' not in text
 
 
 @needs_onednn
@@ -185,14 +201,14 @@ def test_unbuildable_onednn_falls_back_to_xla(monkeypatch, tmp_path):
     onednn.load.cache_clear()
 
 
-@needs_build
-def test_build_is_cached_by_content(monkeypatch, tmp_path):
+@pytest.mark.parametrize('library', INSTALLED)
+def test_build_is_cached_by_content(monkeypatch, tmp_path, library):
   """The first use compiles into $AWS_JAX_CACHE; the next finds the library there and compiles nothing."""
   monkeypatch.setenv('AWS_JAX_CACHE', str(tmp_path))
-  first = onednn._build()  # pylint: disable=protected-access
+  first = onednn._build(library)  # pylint: disable=protected-access
   assert first.parent == tmp_path and first.exists()
   monkeypatch.setattr(onednn.subprocess, 'run', lambda *args, **kwargs: pytest.fail('compiled again'))
-  assert onednn._build() == first  # pylint: disable=protected-access
+  assert onednn._build(library) == first  # pylint: disable=protected-access
 
 
 @needs_onednn
@@ -200,9 +216,9 @@ def test_each_choice_jits_its_own_convolutions():
   x, k = jnp.ones((8, 8, 8, 32)), jnp.ones((3, 3, 32, 32))
   layer = lambda x, k: conv.conv_general_dilated(x, k, (1, 1), 'SAME', dimension_numbers=DN)
   hlo = {impl: jax.jit(conv.using(impl, layer)).lower(x, k).as_text() for impl in conv.IMPLS}
-  assert 'aws_onednn_conv_forward' in hlo['auto'] and 'winograd = true' in hlo['auto']
+  assert onednn.target('conv_forward') in hlo['auto'] and 'winograd = true' in hlo['auto']
   assert hlo['onednn'] == hlo['auto']
-  assert 'aws_onednn_conv_forward' in hlo['onednn_direct'] and 'winograd = false' in hlo['onednn_direct']
+  assert onednn.target('conv_forward') in hlo['onednn_direct'] and 'winograd = false' in hlo['onednn_direct']
   assert 'aws_onednn' not in hlo['xla'] and 'aws_onednn' not in hlo['lax']
 
 
@@ -210,6 +226,31 @@ def test_onednn_turned_off_by_the_environment_means_xla(monkeypatch):
   monkeypatch.setenv('AWS_JAX_ONEDNN', '0')
   onednn.load.cache_clear()
   try:
+    assert conv.resolve('onednn') == conv.resolve('auto') == 'xla'
+  finally:
+    onednn.load.cache_clear()
+
+
+@needs_onednn
+def test_the_library_asked_for_is_the_one_used():
+  """AWS_JAX_ONEDNN_LIBRARY picks the build; unset, the first of DEFAULT_ORDER installed here. PyPI's is oneDNN 3."""
+  asked = os.environ.get('AWS_JAX_ONEDNN_LIBRARY')
+  assert onednn.library() == (asked or next(name for name in onednn.DEFAULT_ORDER if name in INSTALLED))
+  if onednn.library() == 'pypi':
+    assert onednn.version().startswith('3.')
+
+
+@pytest.mark.parametrize('asked', ['pypi', 'no-such-library'])
+def test_a_library_asked_for_but_missing_means_xla(monkeypatch, asked):
+  """Asked for a library that is not installed (or not one of LIBRARIES), the convolutions are XLA's: no other
+  oneDNN is loaded in its place."""
+  def missing(name):
+    raise onednn.importlib.metadata.PackageNotFoundError(name)
+  monkeypatch.setattr(onednn.importlib.metadata, 'files', missing)
+  monkeypatch.setenv('AWS_JAX_ONEDNN_LIBRARY', asked)
+  onednn.load.cache_clear()
+  try:
+    assert onednn.library() is None and onednn.version() is None
     assert conv.resolve('onednn') == conv.resolve('auto') == 'xla'
   finally:
     onednn.load.cache_clear()

@@ -128,3 +128,22 @@ def test_sparsity_axis_keeps_every_level_in_view_when_ticks_are_thinned():
   high, low = ax.get_xlim()
   assert high > max(levels) and low < min(levels)
   pyplot.close('all')
+
+
+@pytest.mark.parametrize('pairs', [0, 2])
+def test_comparison_draws_a_differences_panel_only_when_there_are_differences(tmp_path, monkeypatch, pairs):
+  """A grid with no pair to compare (one start, say) gets the accuracy panel alone, not an empty differences panel."""
+  figures = []
+  make_figure = plots._figure  # pylint: disable=protected-access
+  monkeypatch.setattr(plots, '_figure', lambda **kwargs: figures.append(make_figure(**kwargs)) or figures[-1])
+  accuracies = {'aws signed r3': (97.5, 0.4), 'aws mask r3': (96.0, float('nan')), 'lrr signed r3': (96.8, 0.6)}
+  differences = dict(list({'aws signed − aws mask r3': (1.5, 0.3), 'aws − lrr signed r3': (0.7, 0.5)}.items())[:pairs])
+  path = str(tmp_path / 'starts.png')
+  drawn = plots.plot_comparison(accuracies, differences, path)
+  assert_png(path)
+  [figure] = figures
+  assert len(figure.axes) == (2 if pairs else 1)
+  np.testing.assert_equal(drawn['accuracy'], accuracies)  # NaN (no interval) equal to NaN
+  assert drawn.get('difference', {}) == differences
+  titles = [ax.get_title() for ax in figure.axes]
+  assert ('differences' in titles) == bool(pairs) and 'final trainings' in titles

@@ -13,7 +13,7 @@ from aws_jax import analyses, engine, loop, protocol, pruning, reporting, stages
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 from aws_jax.rundir import RunDir
-from conftest import run_cli, tensorboard_scalars, tiny_digits_config
+from conftest import run_cli, tensorboard_scalars, tiny_digits_config, without_times
 
 
 def expected_alive(total: int, rounds: int) -> list[int]:
@@ -135,6 +135,43 @@ def test_final_stage_alone_reuses_the_pruning_checkpoints(digits_run, tmp_path):
   assert again['rounds'] == results['rounds']
   modes = [(f['mode'], f['source_round']) for f in again['final']]
   assert ('mask', 1) in modes and ('signed', 3) in modes  # earlier final runs stay in results.json
+
+
+def test_results_count_each_checkpoints_own_write(digits_run, tmp_path):
+  """The seconds of writing a round's or a final training's checkpoint (which that checkpoint cannot hold) are in its
+  results.json record, on top of what its saved summary counted before the write; a run directory written before
+  they were recorded still gives its results."""
+  workdir, config, results = digits_run
+  rundir = RunDir(workdir)
+  for record, summary in zip(results['rounds'], stages.saved_summaries(rundir.checkpoints('prune'))):
+    assert record.get('time_checkpoint_s', 0.0) > summary.get('time_checkpoint_s', 0.0), record
+  assert results['final']
+  for record in results['final']:
+    name = RunDir.final_name(record['mode'], record['source_round'], record['seed'])
+    summary = stages.saved_summaries(rundir.checkpoints(name))[-1]
+    assert record['time_checkpoint_s'] > summary.get('time_checkpoint_s', 0.0), record
+  old = tmp_path / 'old'
+  shutil.copytree(workdir, old)
+  for path in old.glob(f'analyses/*/{stages.CHECKPOINT_RECORD}.json'):
+    path.unlink()
+  again = stages.collect_results(RunDir(str(old)), config.final.epochs)
+  assert without_times(again) == without_times(results)
+  for before, record in zip(again['rounds'] + again['final'], results['rounds'] + results['final']):
+    assert before.get('time_checkpoint_s', 0.0) < record['time_checkpoint_s']
+
+
+def test_finals_without_retrain_leave_no_empty_checkpoint_directories(digits_run, tmp_path):
+  """Two seeds of one start, without the `retrain` networks the LMC barrier would compare them to: only the trained
+  networks get checkpoint directories, each with its finished checkpoint."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(digits_run[0], workdir)
+  config = tiny_digits_config(stage='final', **{'final.modes': ('signed',), 'final.seeds': (2, 3)})
+  results = protocol.run(config, str(workdir))
+  assert ('signed', 3) in [(f['mode'], f['seed']) for f in results['final']]
+  root = os.path.dirname(RunDir(str(workdir)).checkpoints('x'))
+  assert 'signed_round3_seed3' in os.listdir(root) and 'retrain_round3_seed3' not in os.listdir(root)
+  for name in os.listdir(root):
+    assert str(config.final.epochs) in os.listdir(os.path.join(root, name)), name
 
 
 # --- Bad input: one line on stderr, a non-zero exit, nothing already written lost. -------------------------------

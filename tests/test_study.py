@@ -15,7 +15,7 @@ import pytest
 
 from aws_jax import plots, study
 from aws_jax.errors import UserError
-from aws_jax.rundir import Lock, RunDir
+from aws_jax.rundir import Lock, RunDir, StudyDir
 from conftest import REPO, SUBPROCESS_TIMEOUT
 
 # configs/digits.py:study shrunk to a couple of minutes: 2 rounds, 2-epoch final trainings, cheap ψ-reset barriers.
@@ -128,8 +128,8 @@ def test_summaries_and_differences_pair_by_seed():
   assert differences['AWS signed − LRR signed']['n'] == 1
   assert math.isnan(differences['AWS signed − LRR signed']['half_width'])
   table = study.markdown(study.group_summaries(rows), list(differences.values()), {})
-  assert '| AWS signed − LRR signed | 3 | 20.00 | n/a | n/a | 1 |' in table
-  assert '| AWS signed − AWS mask | 3 | 12.50 | 95.30 | [-82.80, 107.80] | 2 |' in table
+  assert '| AWS signed − LRR signed | accuracy (points) | 3 | 20.00 | n/a | n/a | 1 |' in table
+  assert '| AWS signed − AWS mask | accuracy (points) | 3 | 12.50 | 95.30 | [-82.80, 107.80] | 2 |' in table
   assert '| dense | dense | — | 100.00 | 93.00 | 7.21 | 3 |' in table
 
 
@@ -237,8 +237,8 @@ def test_digits_study_runs_then_widens(tmp_path):
              *flags_of({**TINY_STUDY, 'study.starts': STARTS})]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
   assert result.returncode == 0, result.stderr[-3000:]
-  rows = read_csv(workdir / 'study.csv')
-  assert tuple(rows[0]) == study.CSV_FIELDS
+  rows = read_csv(StudyDir(workdir).csv)
+  assert tuple(rows[0]) == study.csv_fields()
   grid = {(r['method'], r['start'], r['source_round'], r['seed']) for r in rows}
   expected = {(m, s, '2', str(seed)) for m in ('aws', 'lrr') for s in TRAINED for seed in (2, 3)}
   assert grid == expected | {('dense', 'dense', '', '2'), ('dense', 'dense', '', '3')} and len(rows) == len(grid)
@@ -249,7 +249,7 @@ def test_digits_study_runs_then_widens(tmp_path):
       assert 0 <= float(r['lmc_barrier']) <= 100 and 0 <= float(r['sgd_noise_barrier']) <= 100, r
     if r['start'] == 'retrain':
       assert r['lmc_barrier'] == '' and float(r['sgd_noise_barrier']) >= 0
-  table = (workdir / 'study.md').read_text()
+  table = pathlib.Path(StudyDir(workdir).markdown).read_text()
   for label in ('AWS signed − dense', 'AWS signed − LRR signed', 'AWS signed − AWS mask',
                 'LRR signed_keep_norm − LRR signed', 'LRR signed − LRR mask', 'Pruning stage: aws',
                 'Pruning stage: lrr', "The paper's table: accuracy (%), barriers (points of test error)",
@@ -257,20 +257,21 @@ def test_digits_study_runs_then_widens(tmp_path):
     assert f'| {label} |' in table or f'## {label}' in table, label
   assert '## Differences' in result.stdout  # the same tables, printed at the end
   for name in ('accuracy_vs_sparsity.png', 'psi_reset_barrier.png', 'starts.png', 'lmc.png'):
-    with open(workdir / name, 'rb') as f:
+    with open(StudyDir(workdir).figure(name), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n', name
   for method in ('aws', 'lrr'):  # ordinary run directories; dense trained in the first method's only
-    results = json.loads(pathlib.Path(RunDir(workdir / method).results).read_text())
+    results = json.loads(pathlib.Path(StudyDir(workdir).run(method).results).read_text())
     assert [r['round'] for r in results['rounds']] == [0, 1, 2]
     assert ({f['mode'] for f in results['final']} == set(TRAINED) | ({'dense'} if method == 'aws' else set()))
 
-  analysed = {**file_times(RunDir(workdir / 'aws').analyses), **file_times(RunDir(workdir / 'lrr').analyses)}
+  analysed = {**file_times(StudyDir(workdir).run('aws').analyses), **file_times(StudyDir(workdir).run('lrr').analyses)}
   rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert {**file_times(RunDir(workdir / 'aws').analyses), **file_times(RunDir(workdir / 'lrr').analyses)} == analysed
-  assert [without_wall(r) for r in read_csv(workdir / 'study.csv')] == [without_wall(r) for r in rows]
+  analyses_dirs = [StudyDir(workdir).run(method).analyses for method in ('aws', 'lrr')]
+  assert {**file_times(analyses_dirs[0]), **file_times(analyses_dirs[1])} == analysed
+  assert [without_wall(r) for r in read_csv(StudyDir(workdir).csv)] == [without_wall(r) for r in rows]
 
-  checkpoints = [RunDir(workdir / method).checkpoint_root for method in ('aws', 'lrr')]
+  checkpoints = [StudyDir(workdir).run(method).checkpoint_root for method in ('aws', 'lrr')]
   before = {**file_times(checkpoints[0]), **file_times(checkpoints[1])}
   widened = study.run(study_config(**{'study.starts': STARTS, 'study.seeds': (2, 3, 4)}), str(workdir))
   after = {**file_times(checkpoints[0]), **file_times(checkpoints[1])}
@@ -278,11 +279,11 @@ def test_digits_study_runs_then_widens(tmp_path):
   new = {(r['method'], r['start'], r['seed']) for r in widened['rows']} - {(m, s, int(seed)) for m, s, _, seed in grid}
   assert new == {(m, s, 4) for m in ('aws', 'lrr') for s in TRAINED} | {('dense', 'dense', 4)}
   pairs = {p: t for p, t in analysed.items() if os.sep + 'pairs' + os.sep in p}
-  widened_times = {**file_times(RunDir(workdir / 'aws').analyses), **file_times(RunDir(workdir / 'lrr').analyses)}
+  widened_times = {**file_times(analyses_dirs[0]), **file_times(analyses_dirs[1])}
   assert {p: widened_times[p] for p in pairs} == pairs  # each pair's barrier measured once
   signed = [r for r in widened['rows'] if (r['method'], r['start']) == ('aws', 'signed')]
   assert len(signed) == 3 and all(r['sgd_noise_barrier'] is not None for r in signed)
-  assert len(read_csv(workdir / 'study.csv')) == len(grid) + len(new)
+  assert len(read_csv(StudyDir(workdir).csv)) == len(grid) + len(new)
   assert {d['n'] for d in widened['differences']} == {3}
 
 
@@ -305,7 +306,7 @@ def test_a_study_stopped_during_a_barrier_ends_as_an_uninterrupted_one(tmp_path,
     study.run(study_config(**overrides), str(tmp_path / 'stopped'))
   monkeypatch.undo()
   study.run(study_config(**overrides), str(tmp_path / 'stopped'))
-  whole, stopped = (read_csv(tmp_path / name / 'study.csv') for name in ('whole', 'stopped'))
+  whole, stopped = (read_csv(StudyDir(tmp_path / name).csv) for name in ('whole', 'stopped'))
   assert [without_wall(r) for r in stopped] == [without_wall(r) for r in whole]
   assert all(r['sgd_noise_barrier'] != '' for r in whole if r['start'] == 'signed')
 
@@ -327,23 +328,23 @@ def test_pruning_seeds_widen_a_study_with_pruning_runs(tmp_path):
   workdir = tmp_path / 'study'
   first = study.run(study_config(**overrides), str(workdir))
   assert {d['n'] for d in first['differences']} == {2}  # seeds
-  checkpoints = {m: file_times(RunDir(workdir / m).checkpoint_root) for m in ('aws', 'lrr')}
+  checkpoints = {m: file_times(StudyDir(workdir).run(m).checkpoint_root) for m in ('aws', 'lrr')}
   seed = study_config().seed
   widened = study.run(study_config(**overrides, **{'study.pruning_seeds': (seed, seed + 6)}), str(workdir))
-  assert {m: file_times(RunDir(workdir / m).checkpoint_root) for m in ('aws', 'lrr')} == checkpoints
+  assert {m: file_times(StudyDir(workdir).run(m).checkpoint_root) for m in ('aws', 'lrr')} == checkpoints
   assert set(widened['run_dirs']) == {'aws', 'lrr', f'aws_seed{seed + 6}', f'lrr_seed{seed + 6}'}
-  other = json.loads(pathlib.Path(RunDir(workdir / f'aws_seed{seed + 6}').results).read_text())
+  other = json.loads(pathlib.Path(StudyDir(workdir).run(f'aws_seed{seed + 6}').results).read_text())
   assert {f['mode'] for f in other['final']} == {'signed'}  # dense: with the first pruning seed's runs only
-  assert json.loads(pathlib.Path(RunDir(workdir / f'aws_seed{seed + 6}').config).read_text())['seed'] == seed + 6
+  assert json.loads(pathlib.Path(StudyDir(workdir).run(f'aws_seed{seed + 6}').config).read_text())['seed'] == seed + 6
   # another initialisation and data order: another pruning run (its warm-up's train loss is another number)
   assert other['rounds'][0]['train_loss'] != first['rounds']['aws'][0]['train_loss']
-  rows = read_csv(workdir / 'study.csv')
+  rows = read_csv(StudyDir(workdir).csv)
   assert {(r['method'], r['pruning_seed']) for r in rows} == {('aws', str(seed)), ('aws', str(seed + 6)),
                                                               ('lrr', str(seed)), ('lrr', str(seed + 6)),
                                                               ('dense', str(seed))}
   assert {d['label']: d['n'] for d in widened['differences']} == {'AWS signed − dense': 2,
                                                                   'AWS signed − LRR signed': 2}  # runs
-  table = (workdir / 'study.md').read_text()
+  table = pathlib.Path(StudyDir(workdir).markdown).read_text()
   assert f'## Pruning stage: lrr_seed{seed + 6}' in table and 'over pruning runs' in table
 
 
@@ -358,7 +359,7 @@ def test_parallel_runs_the_pruning_seeds_at_once_stops_on_sigterm_and_resumes(tm
   both = {**overrides, 'study.pruning_seeds': (seed, seed + 6)}
   command = [sys.executable, '-m', 'aws_jax.study', f'--config={REPO}/configs/digits.py:study', f'--workdir={workdir}',
              *flags_of({**TINY_STUDY, **both}), '--parallel']
-  logs = [workdir / f'study_seed{p}.log' for p in (seed, seed + 6)]
+  logs = [pathlib.Path(StudyDir(workdir).log(p)) for p in (seed, seed + 6)]
   stopped = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + SUBPROCESS_TIMEOUT
   while not all(log.exists() and 'round  0 |' in log.read_text() for log in logs):  # both past their warm-up
@@ -369,25 +370,25 @@ def test_parallel_runs_the_pruning_seeds_at_once_stops_on_sigterm_and_resumes(tm
   assert stopped.returncode == 128 + signal.SIGTERM, stderr[-3000:]
   assert stderr.strip().splitlines()[-1].startswith('error: stopped by SIGTERM'), stderr[-3000:]
   assert all("stopped by SIGTERM" in log.read_text() for log in logs), [log.read_text()[-500:] for log in logs]
-  assert not (workdir / 'study.csv').exists()
+  assert not os.path.exists(StudyDir(workdir).csv)
   resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'pruning seed {seed + 6}: done' in resumed.stdout
   assert f'[pruning seed {seed + 6}] study: aws, pruning seed {seed + 6}, in {workdir}' in resumed.stdout
   assert f'[pruning seed {seed + 6}] round  2 |' in resumed.stdout  # the processes' round lines, followed
   assert f'[pruning seed {seed}] final signed ' in resumed.stdout and '## Final trainings' in resumed.stdout
-  trained = {**file_times(RunDir(workdir / 'aws').checkpoint_root),
-             **file_times(RunDir(workdir / f'aws_seed{seed + 6}').checkpoint_root)}
-  other = json.loads(pathlib.Path(RunDir(workdir / f'aws_seed{seed + 6}').results).read_text())
+  trained = {**file_times(StudyDir(workdir).run('aws').checkpoint_root),
+             **file_times(StudyDir(workdir).run(f'aws_seed{seed + 6}').checkpoint_root)}
+  other = json.loads(pathlib.Path(StudyDir(workdir).run(f'aws_seed{seed + 6}').results).read_text())
   assert {f['mode'] for f in other['final']} == {'signed', 'mask'}  # dense: with the first pruning seed's runs
-  combined = read_csv(workdir / 'study.csv')
+  combined = read_csv(StudyDir(workdir).csv)
   full = study.run(study_config(**both), str(workdir))
-  assert {**file_times(RunDir(workdir / 'aws').checkpoint_root),
-          **file_times(RunDir(workdir / f'aws_seed{seed + 6}').checkpoint_root)} == trained
-  assert read_csv(workdir / 'study.csv') == combined
+  assert {**file_times(StudyDir(workdir).run('aws').checkpoint_root),
+          **file_times(StudyDir(workdir).run(f'aws_seed{seed + 6}').checkpoint_root)} == trained
+  assert read_csv(StudyDir(workdir).csv) == combined
   assert {(d['label'], d['n']) for d in full['differences']} == {('AWS signed − AWS mask', 2),
                                                                  ('AWS signed − dense', 2)}
-  with Lock(RunDir(workdir / 'aws')):
+  with Lock(StudyDir(workdir).run('aws')):
     with pytest.raises(UserError, match='in use by a running aws_jax process'):
       study.run(study_config(**overrides), str(workdir))
 
@@ -398,7 +399,7 @@ def test_a_failed_parallel_process_is_reported_on_one_line_with_its_log(tmp_path
   with pytest.raises(UserError, match=r"pruning seed 1's process failed \(exit 2\): error: .*missing\.py.*whole "
                                       r"output: .*study_seed1\.log"):
     study.run_at_once(config, str(tmp_path / 'study'), arguments)
-  assert 'missing.py' in (tmp_path / 'study' / 'study_seed7.log').read_text()
+  assert 'missing.py' in pathlib.Path(StudyDir(tmp_path / 'study').log(7)).read_text()
 
 
 def test_time_account_sums_each_category_over_rounds_and_final_trainings():
@@ -413,3 +414,64 @@ def test_without_flags_drops_a_flag_in_each_form():
                '--noparallel', '--config.study.starts=("mask",)', '--', '--parallel']
   assert study.without_flags(arguments, ('parallel', 'config.study.starts')) == [
       '--config=c.py', '--config.seed=3', '--', '--parallel']
+
+
+@pytest.mark.parametrize('variants, message', [
+    ((('a', {}), ('a', {'optimizer.lr': 0.1})), 'names a variant twice'),
+    ((('a', {'optimizer.lr_typo': 0.1}),), "'optimizer.lr_typo', which is not a config key"),
+    ((('a', {'workdir': 'elsewhere'}),), "'workdir', which is not a config key"),
+    ((('a', {'study.seeds': (5,)}),), 'picks what to run'),
+    ((('a', {'method': 'imp'}),), 'use --config.study.methods'),
+    ((('a', {'optimizer.lr': -1.0}),), 'a: --config.optimizer.lr=-1.0 must be positive'),
+    ((('a', {'optimizer.lr': 'fast'}),), "a sets optimizer.lr='fast'"),
+    ((('a/b', {}),), 'is no variant name'),
+    (('a',), 'must be pairs of a name and overrides'),
+])
+def test_bad_variants_are_refused_on_one_line_before_anything_runs(tmp_path, variants, message):
+  with pytest.raises(UserError, match=re.escape(message)) as error:
+    study.run(study_config(**{'study.variants': variants}), str(tmp_path / 'study'))
+  assert '\n' not in str(error.value) and not (tmp_path / 'study').exists()
+
+
+def test_variants_share_a_setup_only_where_data_and_model_are_the_same():
+  (_, paper), (_, decay), (_, smaller) = study.variants(study_config(**{'study.variants': (
+      ('paper', {}), ('decay', {'optimizer.weight_decay': 5e-3, 'optimizer.norm_weight_decay': False}),
+      ('smaller', {'train_examples': 500}))}))
+  assert decay.optimizer.weight_decay == 5e-3 and paper.optimizer.weight_decay != 5e-3
+  assert study.grid.shares_setup(paper, decay) and not study.grid.shares_setup(paper, smaller)
+
+
+def test_variants_are_studies_side_by_side_compared_cell_by_cell_and_a_new_one_trains_alone(tmp_path):
+  """Each variant gets the grid in its own study directory under the same seeds; study.csv has a variant column,
+  study.md the differences between variants; a rerun trains nothing; adding a variant trains only it."""
+  workdir = tmp_path / 'study'
+  base = {'study.methods': ('aws',), 'study.starts': ('signed',), 'prune.rounds': 1, 'final.epochs': 1,
+          'checkpoint_every_epochs': 1, 'barrier.sgd_noise': False}
+  two = (('wd5e-4', {}), ('wd5e-3', {'optimizer.weight_decay': 5e-3}))
+  first = study.run(study_config(**base, **{'study.variants': two}), str(workdir))
+  rows = read_csv(StudyDir(workdir).csv)
+  assert tuple(rows[0]) == study.csv_fields(variants=True)
+  assert {(r['variant'], r['start'], r['seed']) for r in rows} == {
+      (v, s, seed) for v, _ in two for s in ('signed', 'retrain') for seed in ('2', '3')}
+  assert set(first['run_dirs']) == {'wd5e-4/aws', 'wd5e-3/aws'}
+  for name, _ in two:
+    assert first['run_dirs'][f'{name}/aws'] == StudyDir(workdir).variant(name).run('aws').root
+  decayed = json.loads(pathlib.Path(StudyDir(workdir).variant('wd5e-3').run('aws').config).read_text())
+  assert decayed['optimizer.weight_decay'] == 5e-3
+  between = {d['label']: d for d in first['between_variants']}
+  assert set(between) == {'AWS signed: wd5e-3 − wd5e-4', 'AWS retrain: wd5e-3 − wd5e-4'}
+  by_key = {(r['variant'], r['start'], r['seed']): float(r['test_accuracy']) for r in rows}
+  np.testing.assert_allclose(between['AWS signed: wd5e-3 − wd5e-4']['mean'], np.mean(
+      [by_key['wd5e-3', 'signed', s] - by_key['wd5e-4', 'signed', s] for s in ('2', '3')]))
+  table = pathlib.Path(StudyDir(workdir).markdown).read_text()
+  assert '# Variant wd5e-3: {\'optimizer.weight_decay\': 0.005}' in table
+  assert '## Differences between variants' in table and '| AWS signed: wd5e-3 − wd5e-4 |' in table
+
+  trained = file_times(StudyDir(workdir).variant('wd5e-4').run('aws').checkpoint_root)
+  again = study.run(study_config(**base, **{'study.variants': two}), str(workdir))
+  assert [without_wall(r) for r in read_csv(StudyDir(workdir).csv)] == [without_wall(r) for r in rows]
+  three = (*two, ('lr0.05', {'optimizer.lr': 0.05}))
+  widened = study.run(study_config(**base, **{'study.variants': three}), str(workdir))
+  assert file_times(StudyDir(workdir).variant('wd5e-4').run('aws').checkpoint_root) == trained  # nothing retrained
+  assert len(widened['rows']) == len(again['rows']) * 3 // 2
+  assert {d['variant'] for d in widened['between_variants']} == {'wd5e-3', 'lr0.05'}

@@ -63,10 +63,10 @@ def main(argv):
   try:
     with cli.holding([_WORKDIR.value], 'barrier'):
       check_finished(config, _WORKDIR.value, seeds)
-      from aws_jax import barrier, engine  # pylint: disable=import-outside-toplevel  # heavy: after the checks
-      result = barrier.compare(engine.make_setup(config), _WORKDIR.value, preset=_PRESET.value, a=_A.value,
-                               b=_B.value, round_index=_ROUND.value, seeds=seeds)
-      json_path, png_path = barrier.save(result, _WORKDIR.value)
+      from aws_jax import barrier_command, engine  # pylint: disable=import-outside-toplevel  # heavy: after the checks
+      result = barrier_command.compare(engine.make_setup(config), _WORKDIR.value, preset=_PRESET.value, a=_A.value,
+                                       b=_B.value, round_index=_ROUND.value, seeds=seeds)
+      json_path, png_path = barrier_command.save(result, _WORKDIR.value)
   except UserError as e:
     cli.exit_with(e)
   errors = result['test_error']

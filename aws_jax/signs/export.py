@@ -4,8 +4,8 @@ from typing import Any
 
 import numpy as np
 
+from aws_jax import datasets
 from aws_jax import rundir as rundir_lib
-from aws_jax.datasets import FACTS
 from aws_jax.errors import UserError
 from aws_jax.signs.format import flatten, load, save, tree_mismatch, unflatten
 
@@ -50,11 +50,12 @@ def export(config, workdir: str, round_index: int | None, out: str) -> dict:
     checkpoints.close()
   signed = _restore_signs(os.path.join(directory, str(round_index), 'state'))
   num_classes = signed['classifier']['kernel'].shape[-1]
-  mismatch = tree_mismatch(signed, abstract_params(config.model, num_classes, FACTS[config.dataset].image_shape))
+  image_shape = datasets.facts(config.dataset).image_shape
+  mismatch = tree_mismatch(signed, abstract_params(config.model, num_classes, image_shape))
   if mismatch:
     raise UserError(f'{directory}/{round_index} is not a --config.model={config.model} checkpoint ({mismatch}); '
                     f'export with the config that wrote it')
-  metadata = {'model': config.model, 'num_classes': num_classes, 'image_shape': list(FACTS[config.dataset].image_shape),
+  metadata = {'model': config.model, 'num_classes': num_classes, 'image_shape': list(image_shape),
               'dataset': config.dataset, 'method': summary['method'], 'round': summary['round']}
   return save_with_pruning_rules(out, signed, metadata, config.prune.exclude)
 
