@@ -1,4 +1,5 @@
-"""Speed figures as JSON: `python -m aws_jax.bench` (the full suite) or `--only=step --model=resnet20 --torch`.
+"""Speed figures as JSON: `python -m aws_jax.bench` (the full suite) or `--only=step --model=resnet20 --torch`; and
+what a config will cost: `--plan=CONFIG [--config.KEY=VALUE ...]` (aws_jax/estimate.py).
 
 The suite times aws_jax's jitted train step (masked kernels, AWS interpolation, SGD momentum + weight decay) on
 random data (aws_jax/speed.py): compile time separately, then the median over `--steps` steps; masking's cost
@@ -38,6 +39,14 @@ _LIBRARIES = flags.DEFINE_list(
     "'pypi'), each in a process of its own, alternating with each other and PyTorch. Default: this process's.")
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Alternations of aws_jax and PyTorch runs (aws_jax runs alone).')
 _SMOKE = flags.DEFINE_boolean('smoke', False, 'Tiny sizes and few steps: checks the benchmark runs, times nothing.')
+_PLAN = flags.DEFINE_string(
+    'plan', None, 'A config (FILE or NAME, :PRESET, as --config; --config.KEY=VALUE overrides it): print the train '
+    'steps of its run and of a study of it, time its step on this device, and estimate their wall time. Nothing '
+    'else runs; --steps defaults to 3 here.')
+_PLAN_BATCH = flags.DEFINE_integer(
+    'plan_batch', 0, "With --plan: time the step at this batch and scale it linearly to the config's (0: the "
+    "config's own batch; smaller where that does not fit this machine's memory).")
+_CONFIG = cli.define_config('The config of --plan (--plan sets it).')
 _TORCH_SCRIPT = flags.DEFINE_string(
     'torch_script', os.path.join(os.path.dirname(__file__), '..', 'benchmarks', 'torch_baseline.py'),
     'Path of the PyTorch baseline script (needs torch: pip install -e ".[torch]").')
@@ -64,6 +73,9 @@ def main(argv):
   import jax  # pylint: disable=import-outside-toplevel  (--help stays light)
   from aws_jax import conv, onednn, speed  # pylint: disable=import-outside-toplevel
   cli.quiet_logging()
+  if _PLAN.value:
+    plan(cli.load_config(_CONFIG), _PLAN.value, _PLAN_BATCH.value, _STEPS.value if _STEPS.present else 3)
+    return
   smoke, steps = _SMOKE.value, 2 if _SMOKE.value else _STEPS.value
   image, impl = 8 if smoke else _IMAGE.value, _CONV.value
   torch_script = _TORCH_SCRIPT.value if _TORCH.value else None
@@ -105,6 +117,21 @@ def main(argv):
   print(json.dumps(result))
 
 
+def plan(config, spec: str, batch: int, steps: int) -> None:
+  """Prints the plan of `config` (`estimate.report`), then its figures as a JSON line."""
+  from aws_jax import estimate  # pylint: disable=import-outside-toplevel
+  figures = estimate.measure(config, batch or config.batch_size, steps)
+  lines, result = estimate.report(config, spec, figures, estimate.device_name())
+  print('\n'.join(lines))
+  print(json.dumps(result))
+
+
+def parse_flags(argv):
+  """`cli.parse_flags`, with `--plan=CONFIG` also read as `--config=CONFIG`, so that --config.KEY=VALUE overrides it."""
+  plans = [argument[len('--plan='):] for argument in argv[1:] if argument.startswith('--plan=')]
+  return cli.parse_flags(argv[:1] + [f'--config={spec}' for spec in plans[-1:]] + argv[1:])
+
+
 if __name__ == '__main__':
   allocator.restart_with_tcmalloc()
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=parse_flags)

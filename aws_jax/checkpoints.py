@@ -12,7 +12,8 @@ from aws_jax.train import TrainState
 
 class Checkpoints:
   """The checkpoints in one directory, numbered by round (pruning stage) or epoch (final training). The directory is
-  made by the first `save`: looking for checkpoints (of a network never trained) leaves no empty directory behind."""
+  made by the first `save`: looking for checkpoints (of a network never trained) leaves no empty directory behind.
+  A context manager: `with Checkpoints(directory) as checkpoints:` closes it on leaving."""
 
   def __init__(self, directory: str, max_to_keep: int | None = None):
     self.directory = os.path.abspath(directory)
@@ -66,3 +67,9 @@ class Checkpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+  def __enter__(self) -> 'Checkpoints':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

@@ -15,11 +15,24 @@ from aws_jax.errors import UserError
 
 MODELS = ('small_cnn', 'resnet20', 'resnet56', 'vgg11', 'vgg13', 'vgg16', 'vgg19', 'resnet50', 'resnet50_imagenet',
           'mobilenetv2', 'mobilenetv2_imagenet', 'efficientnet_b0', 'shufflenet', 'mlp_mixer')  # = models.MODELS
-METHODS = ('aws', 'lrr', 'imp', 'imp_wr', 'oneshot', 'random')  # and 'aws+imp', 'aws+imp_wr', … (see `recipe`)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """A pruning method as orthogonal choices."""
+  interpolate: bool          # AWS: ψ blended toward its initial value by a random α at every pruning-stage step
+  rewind: str = 'lr'         # after each pruning, a `stages.REWINDS` entry: 'lr' keeps the weights (LR rewinding),
+                             # 'init' sets them back to their initial values, 'warmup' to those at prune.rewind_epoch
+  oneshot: bool = False      # one pruning to the final fraction after the warm-up instead of `rounds` rounds
+  criterion: str = 'magnitude'  # which weights go: a `pruning.CRITERIA` entry ('magnitude': smallest |w|; 'random')
+
+
+_RECIPES = {'lrr': Recipe(False), 'imp': Recipe(False, rewind='init'), 'imp_wr': Recipe(False, rewind='warmup'),
+            'oneshot': Recipe(False, oneshot=True), 'random': Recipe(False, criterion='random')}  # a method: one entry
+METHODS = ('aws', *_RECIPES)  # and 'aws+imp', 'aws+imp_wr', … (see `recipe`): a method is a registered recipe
 SCOPES = ('global', 'layerwise')
 STAGES = ('all', 'prune', 'final')
 MODES = tuple(starts.STARTS)  # final-training starts (aws_jax/starts.py)
-STARTS = ('signed', 'mask', 'random_signs', 'random_mask', 'dense')  # a study's default grid
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('step', 'cosine', 'constant')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
@@ -54,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.download = False           # let tfds download and prepare a missing dataset (needs TensorFlow)
   config.train_examples = 0         # > 0: train on only the first this many training examples (quick studies)
   config.data_workers = 0           # decoding processes of a streamed dataset (imagenet2012); 0: in this process
-  config.model = 'small_cnn'        # one of MODELS above: small_cnn, resnet20, vgg16, resnet50, mobilenetv2, ...
+  config.model = 'small_cnn'        # small_cnn, resnet20, resnet56, vgg11/13/16/19, resnet50(_imagenet),
+                                    # mobilenetv2(_imagenet), efficientnet_b0, shufflenet, mlp_mixer
   config.init = 'authors'           # initial weights and biases: 'authors' as the authors' PyTorch code draws them
                                     # (docs/method.md, "Initialisation"), 'flax' Flax's defaults (zero biases)
   config.drop_connect = 0.0         # efficientnet_b0 only: block b of 16 drops its residual branch with probability
@@ -112,7 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.study = ml_collections.ConfigDict()  # python -m aws_jax.study: the paper's comparisons as one grid
   config.study.methods = ('aws', 'lrr')   # one pruning stage per method (any --config.method value)
-  config.study.starts = STARTS            # final-training starts compared (final.modes of each method's run)
+  config.study.starts = ('signed', 'mask', 'random_signs', 'random_mask', 'dense')  # final-training starts
+                                          # compared (final.modes of each method's run)
   config.study.source_rounds = (-1,)      # pruning rounds the starts come from; -1: the last
   config.study.seeds = (2, 3, 4)          # one final training per (method, start, round, seed)
   config.study.pruning_seeds = ()         # pruning runs per method: () one, with `seed`; else one per seed listed
@@ -222,20 +237,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.barrier.bn_batches >= -1,
          f'--config.barrier.bn_batches={config.barrier.bn_batches} must be -1 (one epoch), 0 (none) or positive')
   _check(config.barrier.chunk >= 0, f'--config.barrier.chunk={config.barrier.chunk} must be >= 0 (0: all points)')
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-  """A pruning method as orthogonal choices."""
-  interpolate: bool          # AWS: ψ blended toward its initial value by a random α at every pruning-stage step
-  rewind: str = 'lr'         # after each pruning: 'lr' keeps the weights (LR rewinding), 'init' sets them back to
-                             # their initial values, 'warmup' to their values at prune.rewind_epoch
-  oneshot: bool = False      # one pruning to the final fraction after the warm-up instead of `rounds` rounds
-  criterion: str = 'magnitude'  # which weights go: 'magnitude' (smallest |w|) or 'random'
-
-
-_RECIPES = {'lrr': Recipe(False), 'imp': Recipe(False, rewind='init'), 'imp_wr': Recipe(False, rewind='warmup'),
-            'oneshot': Recipe(False, oneshot=True), 'random': Recipe(False, criterion='random')}
 
 
 def recipe(method: str) -> Recipe:

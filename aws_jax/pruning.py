@@ -45,6 +45,22 @@ def full_mask(params: PyTree) -> PyTree:
   return jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
 
 
+def _magnitude(key: jax.Array, params: PyTree, mask: PyTree, prunable: PyTree, fraction: float,
+               scope: str) -> PyTree:
+  del key
+  return prune_by_score(jax.tree.map(jnp.abs, params), mask, prunable, fraction, scope)
+
+
+def _random(key: jax.Array, params: PyTree, mask: PyTree, prunable: PyTree, fraction: float, scope: str) -> PyTree:
+  del params
+  return prune_random(key, mask, prunable, fraction, scope)
+
+
+# Pruning criteria: `criterion(key, params, mask, prunable, fraction, scope) -> the new mask`, removing `fraction` of
+# the alive prunable weights (over all layers, or of each, as `scope` says). A method names one (config.Recipe).
+CRITERIA = {'magnitude': _magnitude, 'random': _random}
+
+
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
   """Zeroes the pruned weights."""
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)

@@ -1,5 +1,6 @@
 """The protocol's stages over one `Setup` and one `RunDir`: the pruning stage of a method, and final trainings of
 starts × seeds from one of its rounds (or a signs file). Every round and final training resumes on its own."""
+import contextlib
 import json
 import os
 import time
@@ -60,62 +61,60 @@ def pruning_stage(setup: Setup, rundir: RunDir, method: str, log: reporting.Metr
   recipe = config_lib.recipe(method)
   tx = setup.optimizer('constant', config.prune.round_epochs)
   step_fn = setup.step('constant', config.prune.round_epochs, aws=recipe.interpolate)
-  checkpoints = Checkpoints(rundir.checkpoints(PRUNE))
-  template = setup.abstract_state(config.seed, tx)
-  done = checkpoints.latest()
-  state = setup.fresh_state(config.seed, tx) if done is None else checkpoints.restore(done, template)
-  first, last = (0 if done is None else done + 1), config_lib.last_round(config, method)
-  rewind = Checkpoints(rundir.checkpoints('rewind')) if recipe.rewind == 'warmup' else None
-  if done is not None:
-    analyse_saved_rounds(setup, rundir, checkpoints, template)
-    if first <= last:
-      reporting.say(f'resuming after pruning round {done} from {checkpoints.directory}')
-  for round_index in range(first, last + 1):
-    start, timer = time.time(), timing.Timer()
-    label = f'round {round_index}'
-    partial = Partial(rundir.partial(label))
-    resumed = partial.restore(template)
-    if resumed is not None:
-      previous = state if round_index == 0 else checkpoints.restore(round_index - 1, template)
-      previous_signs = pruning.signs(previous.params, previous.mask)
-      state, position = resumed
-      reporting.say(f'resuming {label} at epoch {position.epoch + 1}, step {position.step}')
-    else:
-      previous_signs, position = pruning.signs(state.params, state.mask), None
-      if round_index > 0:
-        target = rewind_target(setup, recipe, rewind, template)
-        state = prune_and_rewind(setup, state, method, round_index, tx, target)
-    epochs = config_lib.round_epochs(config, round_index, method)
+  rewinds = recipe.rewind == 'warmup'
+  with Checkpoints(rundir.checkpoints(PRUNE)) as checkpoints, \
+       Checkpoints(rundir.checkpoints('rewind')) if rewinds else contextlib.nullcontext() as rewind:
+    template = setup.abstract_state(config.seed, tx)
+    done = checkpoints.latest()
+    state = setup.fresh_state(config.seed, tx) if done is None else checkpoints.restore(done, template)
+    first, last = (0 if done is None else done + 1), config_lib.last_round(config, method)
+    if done is not None:
+      analyse_saved_rounds(setup, rundir, checkpoints, template)
+      if first <= last:
+        reporting.say(f'resuming after pruning round {done} from {checkpoints.directory}')
+    for round_index in range(first, last + 1):
+      start, timer = time.time(), timing.Timer()
+      label = f'round {round_index}'
+      partial = Partial(rundir.partial(label))
+      resumed = partial.restore(template)
+      if resumed is not None:
+        previous = state if round_index == 0 else checkpoints.restore(round_index - 1, template)
+        previous_signs = pruning.signs(previous.params, previous.mask)
+        state, position = resumed
+        reporting.say(f'resuming {label} at epoch {position.epoch + 1}, step {position.step}')
+      else:
+        previous_signs, position = pruning.signs(state.params, state.mask), None
+        if round_index > 0:
+          target = rewind_target(setup, recipe, rewind, template)
+          state = prune_and_rewind(setup, state, method, round_index, tx, target)
+      epochs = config_lib.round_epochs(config, round_index, method)
 
-    def keep_rewind_point(epoch, state, metrics, round_index=round_index):
-      del metrics
-      if rewind is not None and round_index == 0 and epoch == config.prune.rewind_epoch:
-        rewind.save(epoch, state, {'epoch': epoch})
+      def keep_rewind_point(epoch, state, metrics, round_index=round_index):
+        del metrics
+        if rewind is not None and round_index == 0 and epoch == config.prune.rewind_epoch:
+          rewind.save(epoch, state, {'epoch': epoch})
 
-    if rewind is not None and round_index == 0 and config.prune.rewind_epoch == 0 and position is None:
-      rewind.save(0, state, {'epoch': 0})
-    member = Member(config.seed, label, partial, keep_rewind_point)
-    [state], [metrics] = train_epochs(setup, step_fn, [state], [member], phase=round_index,
-                                      epochs=range(position.epoch if position else 0, epochs), log=log,
-                                      resume=position, timer=timer)
-    if not metrics:
-      with timer('eval'):
-        metrics = {'train_loss': float('nan'), 'train_accuracy': float('nan'),
-                   **{f'test_{k}': v for k, v in setup.evaluate(state).items()}}
-    summary = {'round': round_index, 'method': method,
-               'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'], **metrics,
-               'epochs': epochs, 'wall_s': round(time.time() - start, 2)}
-    save_checkpoint(rundir, round_name(round_index), checkpoints, round_index, state, summary, timer)
-    partial.discard()
-    found = analyses.analyse(setup, rundir, 'round', analyses.Network(round_name(round_index), state,
-                                                                     previous_signs=previous_signs, summary=summary))
-    reporting.say(round_line(timing.merged(summary, timer.fields(), found)))
-    signum = stop_requested(at_boundary=True)
-    if signum and round_index < last:
-      raise stop(signum, f'after {label}')
-  checkpoints.close()
-  if rewind is not None:
-    rewind.close()
+      if rewind is not None and round_index == 0 and config.prune.rewind_epoch == 0 and position is None:
+        rewind.save(0, state, {'epoch': 0})
+      member = Member(config.seed, label, partial, keep_rewind_point)
+      [state], [metrics] = train_epochs(setup, step_fn, [state], [member], phase=round_index,
+                                        epochs=range(position.epoch if position else 0, epochs), log=log,
+                                        resume=position, timer=timer)
+      if not metrics:
+        with timer('eval'):
+          metrics = {'train_loss': float('nan'), 'train_accuracy': float('nan'),
+                     **{f'test_{k}': v for k, v in setup.evaluate(state).items()}}
+      summary = {'round': round_index, 'method': method,
+                 'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'], **metrics,
+                 'epochs': epochs, 'wall_s': round(time.time() - start, 2)}
+      save_checkpoint(rundir, round_name(round_index), checkpoints, round_index, state, summary, timer)
+      partial.discard()
+      found = analyses.analyse(setup, rundir, 'round', analyses.Network(round_name(round_index), state,
+                                                                       previous_signs=previous_signs, summary=summary))
+      reporting.say(round_line(timing.merged(summary, timer.fields(), found)))
+      signum = stop_requested(at_boundary=True)
+      if signum and round_index < last:
+        raise stop(signum, f'after {label}')
 
 
 def analyse_saved_rounds(setup: Setup, rundir: RunDir, checkpoints: Checkpoints, template) -> None:
@@ -146,28 +145,30 @@ def _time_shares(record: dict) -> str:
   return ', '.join(f'{name} {value:.1f}' for name, value in seconds.items() if value >= 0.05)
 
 
+# Rewind targets: `target(setup, rewind checkpoints, template)` -> the state whose weights (and BatchNorm statistics)
+# a pruning rewinds to, None to keep the trained ones. A method names one (config.Recipe).
+REWINDS = {
+    'lr': lambda setup, rewind, template: None,
+    'init': lambda setup, rewind, template: setup.fresh_state(
+        setup.config.seed, setup.optimizer('constant', setup.config.prune.round_epochs)),
+    'warmup': lambda setup, rewind, template: rewind.restore(setup.config.prune.rewind_epoch, template),
+}
+
+
 def rewind_target(setup: Setup, recipe: config_lib.Recipe, rewind: Checkpoints | None, template):
   """The state whose weights a pruning rewinds to: None (LR rewinding), the initial state, or a warm-up epoch's."""
-  if recipe.rewind == 'init':
-    return setup.fresh_state(setup.config.seed, setup.optimizer('constant', setup.config.prune.round_epochs))
-  if recipe.rewind == 'warmup':
-    return rewind.restore(setup.config.prune.rewind_epoch, template)
-  return None
+  return REWINDS[recipe.rewind](setup, rewind, template)
 
 
 def prune_and_rewind(setup: Setup, state: train.TrainState, method: str, round_index: int, tx,
                      target) -> train.TrainState:
-  """One pruning of `method`: a new mask (magnitude or random, global or per layer), weights kept or rewound to
-  `target`'s (with its BatchNorm statistics), a fresh optimizer."""
+  """One pruning of `method`: a new mask (its `pruning.CRITERIA` entry, global or per layer), weights kept or
+  rewound to `target`'s (with its BatchNorm statistics), a fresh optimizer."""
   config = setup.config
   recipe = config_lib.recipe(method)
-  fraction, scope = config_lib.round_fraction(config, method), config.prune.scope
-  if recipe.criterion == 'random':
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), round_index)
-    mask = pruning.prune_random(key, state.mask, setup.prunable, fraction, scope)
-  else:
-    scores = jax.tree.map(jnp.abs, state.params)
-    mask = pruning.prune_by_score(scores, state.mask, setup.prunable, fraction, scope)
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), round_index)
+  mask = pruning.CRITERIA[recipe.criterion](key, state.params, state.mask, setup.prunable,
+                                            config_lib.round_fraction(config, method), config.prune.scope)
   source = state if target is None else target
   params = pruning.apply_mask(source.params, mask)
   batch_stats = jax.tree.map(jnp.copy, source.batch_stats)
@@ -186,13 +187,12 @@ def final_source(setup: Setup, rundir: RunDir, source_round: int | None):
     signs_lib.check_fits(signed, metadata, params=setup.abstract_params(), model=config.model,
                          source=config.final.signed_mask)
     return None, signed, -1 if metadata['round'] is None else int(metadata['round'])  # -1: a file of no round
-  prune_checkpoints = Checkpoints(rundir.checkpoints(PRUNE))
-  if source_round not in prune_checkpoints.steps():
-    raise UserError(f'pruning round {source_round} was never reached in {rundir.root} (last complete round: '
-                    f'{prune_checkpoints.latest()}); run the pruning stage first (--config.stage=prune or all)')
-  prune_tx = setup.optimizer('constant', config.prune.round_epochs)
-  source = prune_checkpoints.restore(source_round, setup.abstract_state(config.seed, prune_tx))
-  prune_checkpoints.close()
+  with Checkpoints(rundir.checkpoints(PRUNE)) as prune_checkpoints:
+    if source_round not in prune_checkpoints.steps():
+      raise UserError(f'pruning round {source_round} was never reached in {rundir.root} (last complete round: '
+                      f'{prune_checkpoints.latest()}); run the pruning stage first (--config.stage=prune or all)')
+    prune_tx = setup.optimizer('constant', config.prune.round_epochs)
+    source = prune_checkpoints.restore(source_round, setup.abstract_state(config.seed, prune_tx))
   return source, pruning.signs(source.params, source.mask), source_round
 
 
@@ -242,16 +242,13 @@ def analyse_finals(setup: Setup, rundir: RunDir, source_round: int, start_names,
   loaded = {}
 
   def finished(name: str) -> bool:
-    checkpoints = Checkpoints(rundir.checkpoints(name))
-    latest = checkpoints.latest()
-    checkpoints.close()
-    return latest == config.final.epochs
+    with Checkpoints(rundir.checkpoints(name)) as checkpoints:
+      return checkpoints.latest() == config.final.epochs
 
   def load(name: str) -> train.TrainState:
     if name not in loaded:
-      checkpoints = Checkpoints(rundir.checkpoints(name))
-      loaded[name] = checkpoints.restore(config.final.epochs, template)
-      checkpoints.close()
+      with Checkpoints(rundir.checkpoints(name)) as checkpoints:
+        loaded[name] = checkpoints.restore(config.final.epochs, template)
     return loaded[name]
 
   for start in start_names:
@@ -281,68 +278,74 @@ def final_group(setup: Setup, rundir: RunDir, source, signed, source_round: int,
   """The final trainings of `start` for `seeds`, as one population (vmapped when several), each resumed from its
   own checkpoints; returns their summaries. Seeds at different epochs, or with a partial checkpoint, train one by
   one (the same checkpoints either way)."""
+  epochs = setup.config.final.epochs
+  names = {seed: RunDir.final_name(start, source_round, seed) for seed in seeds}
+  with contextlib.ExitStack() as stack:
+    checkpoints = {seed: stack.enter_context(Checkpoints(rundir.checkpoints(names[seed]), max_to_keep=1))
+                   for seed in seeds}
+    done = {seed: checkpoints[seed].latest() or 0 for seed in seeds}
+    pending = [seed for seed in seeds if done[seed] < epochs]
+    partials = {seed: Partial(rundir.partial(f'final {names[seed]}')) for seed in pending}
+    one_by_one = len(pending) > 1 and (len({done[seed] for seed in pending}) > 1 or
+                                       any(p.exists() for p in partials.values()))
+    if not one_by_one:
+      if pending:
+        train_population(setup, rundir, source, signed, source_round, start, names, pending, done, checkpoints,
+                         partials, log)
+      return [timing.merged(checkpoints[seed].summary(checkpoints[seed].latest()),
+                            checkpoint_record(rundir, names[seed])) for seed in seeds]
+  return [s for seed in seeds for s in final_group(setup, rundir, source, signed, source_round, start, (seed,), log)]
+
+
+def train_population(setup: Setup, rundir: RunDir, source, signed, source_round: int, start: str, names: dict,
+                     pending: list, done: dict, checkpoints: dict, partials: dict, log: reporting.MetricsLog) -> None:
+  """`final_group`'s training of the `pending` seeds together, from their last checkpoints (`done`: epochs) or, for
+  one seed, its partial checkpoint; each saved every `checkpoint_every_epochs` and at the end."""
   config = setup.config
   epochs = config.final.epochs
-  names = {seed: RunDir.final_name(start, source_round, seed) for seed in seeds}
-  checkpoints = {seed: Checkpoints(rundir.checkpoints(names[seed]), max_to_keep=1) for seed in seeds}
-  done = {seed: checkpoints[seed].latest() or 0 for seed in seeds}
-  pending = [seed for seed in seeds if done[seed] < epochs]
-  partials = {seed: Partial(rundir.partial(f'final {names[seed]}')) for seed in pending}
-  if len(pending) > 1 and (len({done[seed] for seed in pending}) > 1 or any(p.exists() for p in partials.values())):
-    for c in checkpoints.values():
-      c.close()
-    return [s for seed in seeds for s in final_group(setup, rundir, source, signed, source_round, start, (seed,), log)]
-  if pending:
-    tx = setup.optimizer(config.final.schedule, epochs)
-    start_time, timer = time.time(), timing.Timer()
-    template = setup.abstract_state(pending[0], tx)
-    states = [start_state(setup, start, signed, seed, tx, source) for seed in pending]
-    start_signs = {seed: pruning.signs(s.params, s.mask) for seed, s in zip(pending, states)}
-    position = None
-    if len(pending) == 1:
-      resumed = partials[pending[0]].restore(template)
-      if resumed is not None and resumed[1].epoch >= done[pending[0]]:
-        states[0], position = resumed
-      elif done[pending[0]] > 0:
-        states[0] = checkpoints[pending[0]].restore(done[pending[0]], template)
-    else:
-      states = [checkpoints[seed].restore(done[seed], setup.abstract_state(seed, tx)) if done[seed] else s
-                for seed, s in zip(pending, states)]
+  tx = setup.optimizer(config.final.schedule, epochs)
+  start_time, timer = time.time(), timing.Timer()
+  template = setup.abstract_state(pending[0], tx)
+  states = [start_state(setup, start, signed, seed, tx, source) for seed in pending]
+  start_signs = {seed: pruning.signs(s.params, s.mask) for seed, s in zip(pending, states)}
+  position = None
+  if len(pending) == 1:
+    resumed = partials[pending[0]].restore(template)
+    if resumed is not None and resumed[1].epoch >= done[pending[0]]:
+      states[0], position = resumed
+    elif done[pending[0]] > 0:
+      states[0] = checkpoints[pending[0]].restore(done[pending[0]], template)
+  else:
+    states = [checkpoints[seed].restore(done[seed], setup.abstract_state(seed, tx)) if done[seed] else s
+              for seed, s in zip(pending, states)]
+  carries_signs = jax.tree.map(lambda norm: not norm, setup.is_norm)
 
-    def saver(seed):
-      def save(epoch, state, metrics):
-        if epoch % config.checkpoint_every_epochs and epoch != epochs:
-          return
-        carries_signs = jax.tree.map(lambda norm: not norm, setup.is_norm)
-        summary = {'mode': start, 'source_round': source_round, 'seed': seed,
-                   'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'], **metrics,
-                   'signs_flipped_since_start': pruning.sign_flips(start_signs[seed], state.params,
-                                                                   carries_signs)['overall'],
-                   'epochs': epoch, 'wall_s': round(time.time() - start_time, 2)}
-        save_checkpoint(rundir, names[seed], checkpoints[seed], epoch, state, summary, timer, 1 / len(pending))
-      return save
+  def saver(seed):
+    def save(epoch, state, metrics):
+      if epoch % config.checkpoint_every_epochs and epoch != epochs:
+        return
+      summary = {'mode': start, 'source_round': source_round, 'seed': seed,
+                 'fraction_left': pruning.sparsity_summary(state.mask, setup.prunable)['fraction_left'], **metrics,
+                 'signs_flipped_since_start': pruning.sign_flips(start_signs[seed], state.params,
+                                                                 carries_signs)['overall'],
+                 'epochs': epoch, 'wall_s': round(time.time() - start_time, 2)}
+      save_checkpoint(rundir, names[seed], checkpoints[seed], epoch, state, summary, timer, 1 / len(pending))
+    return save
 
-    members = [Member(seed, f'final {names[seed]}', partials[seed], saver(seed)) for seed in pending]
-    first = position.epoch if position else done[pending[0]]
-    train_epochs(setup, setup.step(config.final.schedule, epochs, aws=False, seeds=len(pending)), states, members,
-                 phase=FINAL_PHASE, epochs=range(first, epochs), log=log, resume=position, timer=timer)
-    for partial in partials.values():
-      partial.discard()
-  summaries = [timing.merged(checkpoints[seed].summary(checkpoints[seed].latest()),
-                             checkpoint_record(rundir, names[seed])) for seed in seeds]
-  for c in checkpoints.values():
-    c.close()
-  return summaries
+  members = [Member(seed, f'final {names[seed]}', partials[seed], saver(seed)) for seed in pending]
+  first = position.epoch if position else done[pending[0]]
+  train_epochs(setup, setup.step(config.final.schedule, epochs, aws=False, seeds=len(pending)), states, members,
+               phase=FINAL_PHASE, epochs=range(first, epochs), log=log, resume=position, timer=timer)
+  for partial in partials.values():
+    partial.discard()
 
 
 # --- Results. -----------------------------------------------------------------------------------------------------
 
 def saved_summaries(directory: str) -> list[dict]:
   """The summaries of every checkpoint in `directory`, oldest first."""
-  checkpoints = Checkpoints(directory)
-  summaries = [checkpoints.summary(step) for step in checkpoints.steps()]
-  checkpoints.close()
-  return summaries
+  with Checkpoints(directory) as checkpoints:
+    return [checkpoints.summary(step) for step in checkpoints.steps()]
 
 
 def collect_results(rundir: RunDir, final_epochs: int) -> dict:

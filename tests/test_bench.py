@@ -5,6 +5,7 @@ import subprocess
 import sys
 import pytest
 
+from aws_jax import cli
 from conftest import REPO
 
 TORCH_BASELINE = os.path.join(REPO, 'benchmarks', 'torch_baseline.py')
@@ -31,6 +32,32 @@ def test_bench_smoke_prints_every_figure():
   assert figures['barrier']['points'] == 3 and figures['barrier']['wall_s'] > 0
   assert [(s['model'], s['seeds']) for s in figures['seeds']] == [('small_cnn', 2)]  # ResNet-20 too at full size
   assert all(s['vmapped_images_per_s'] > 0 and s['sequential_images_per_s'] > 0 for s in figures['seeds'])
+
+
+def test_plan_counts_the_steps_a_config_implies_and_times_its_step():
+  """`--plan` on the digits config, one key overridden: the step counts of its run and of its study, as the config
+  implies them (counted here from its values), a measured step, and estimates that add up."""
+  result = subprocess.run([sys.executable, '-m', 'aws_jax.bench', '--plan=configs/digits.py', '--config.final.epochs=7',
+                           '--steps=1'], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  *lines, last = result.stdout.strip().splitlines()
+  plan = json.loads(last)
+  config = cli.get_config('configs/digits.py')
+  steps = 1437 // config.batch_size  # digits: 1437 training images
+  assert plan['steps_per_epoch'] == steps == 22
+  pruning = (config.prune.warmup_epochs + config.prune.rounds * config.prune.round_epochs) * steps
+  final_training = 7 * steps
+  assert plan['run']['pruning']['train_steps'] == pruning
+  assert plan['run']['final']['train_steps'] == len(config.final.modes) * len(config.final.seeds) * final_training
+  # The study: each method's pruning stage; its starts (dense aside) and the retrained reference of the LMC barrier
+  # for each seed; dense once per seed.
+  starts = len(set(config.study.starts) - {'dense'} | {'retrain'})
+  finals = (len(config.study.methods) * starts + 1) * len(config.study.seeds)
+  assert (plan['study']['pruning_stages'], plan['study']['final_trainings']) == (len(config.study.methods), finals)
+  assert plan['study']['train_steps'] == len(config.study.methods) * pruning + finals * final_training
+  assert plan['run']['pruning']['eval_images'] == pruning // steps * 360  # the test split after every epoch
+  assert plan['step_s'] > 0 and plan['eval_s_per_image'] > 0 and 0 < plan['run_s'] < plan['study_s']
+  assert lines[0].startswith('plan of configs/digits.py: small_cnn on digits') and 'estimate: run' in lines[-1]
 
 
 def test_help_imports_nothing_heavy():
@@ -87,3 +114,25 @@ def test_torch_baseline_prints_what_bench_reads():
   assert figures['ms_per_step_median'] > 0                        # ... and the median
   assert (figures['model'], figures['batch'], figures['image'], figures['steps']) == ('resnet20', 2, 8, 1)
   assert figures['params'] == 272_474  # ResNet-20, 10 classes: the same count as aws_jax's model
+
+
+def test_each_onednn_library_alternates_with_pytorch(monkeypatch):
+  """With `libraries`, compared() times the step once per oneDNN build in each alternation, then PyTorch, and gives
+  a row per build with its ratio and each alternation's."""
+  from aws_jax import speed  # pylint: disable=import-outside-toplevel
+  calls, ms = [], iter([10.0, 5.0, 20.0, 12.0, 4.0, 16.0])
+  step = lambda library: {'onednn_library': library, 'ms_per_step_median': next(ms), 'masking_share': 0.1}
+  monkeypatch.setattr(speed, 'step_figures_with', lambda library, *args: calls.append(library) or step(library))
+  monkeypatch.setattr(speed, 'torch_figures', lambda *args: calls.append('torch') or step(None) | {'version': '2'})
+  rows = speed.compared(('resnet20', 8, 10, 0.0), 8, 1, True, 2, 'torch_baseline.py', libraries=('system', 'pypi'))
+  assert calls == ['system', 'pypi', 'torch'] * 2
+  assert [(r['onednn_library'], r['ms_per_step_medians'], r['ratio_jax_over_torch'], r['ratios_per_repeat'])
+          for r in rows] == [('system', [10.0, 12.0], 0.625, [0.5, 0.75]), ('pypi', [5.0, 4.0], 0.25, [0.25, 0.25])]
+
+
+def test_step_with_each_installed_onednn_library_runs_in_a_process_of_its_own():
+  from aws_jax import speed  # pylint: disable=import-outside-toplevel
+  from test_onednn import INSTALLED  # pylint: disable=import-outside-toplevel
+  for library in INSTALLED:
+    figures = speed.step_figures_with(library, 'small_cnn', 8, 8, 10, 1, 0.0, True, 'auto', False)
+    assert (figures['onednn_library'], figures['convolutions']) == (library, 'onednn') and figures['onednn']

@@ -1,9 +1,12 @@
 """benchmarks/device_check.sh, the accelerator check, must not rot before a GPU is lent: its --smoke mode runs here."""
+import csv
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
+from aws_jax.rundir import StudyDir
 from conftest import REPO
 
 
@@ -23,3 +26,17 @@ def test_device_check_smoke_writes_every_part(tmp_path):
   assert json.loads((tmp_path / 'seeds.json').read_text())['seeds'][0]['sequential_images_per_s'] > 0
   assert (tmp_path / 'tests.xml').exists() and (tmp_path / 'study' / 'study.md').exists()
   assert list((tmp_path / 'study').glob('*.png'))
+
+
+def test_psi_ablation_smoke_runs_both_variants_with_pruning_seeds_at_once(tmp_path):
+  result = subprocess.run(['bash', 'benchmarks/psi_ablation.sh', '--smoke', str(tmp_path)], cwd=REPO,
+                          env={**os.environ, 'PYTHON': sys.executable}, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + (tmp_path / 'study.log').read_text()[-3000:]
+  assert json.loads((tmp_path / 'summary.json').read_text())['exit'] == 0
+  study = StudyDir(tmp_path / 'study')
+  with open(study.csv, newline='') as f:
+    rows = list(csv.DictReader(f))
+  assert {(r['variant'], r['pruning_seed']) for r in rows} == {
+      (v, p) for v in ('psi_decayed', 'psi_not_decayed') for p in ('1', '2')}
+  assert '## Differences between variants' in pathlib.Path(study.markdown).read_text()
+  assert os.path.exists(study.figure('psi.png'))

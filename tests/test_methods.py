@@ -160,3 +160,23 @@ def test_seeds_trained_together_match_seeds_trained_one_by_one(tmp_path):
       checkpoints.close()
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=parameter_share * float(np.max(np.abs(a)))),
                  states[0].params, states[1].params)
+
+
+def test_every_method_names_a_registered_criterion_and_rewind():
+  from aws_jax import config as config_lib, pruning, stages  # pylint: disable=import-outside-toplevel
+  for method in config_lib.METHODS:
+    recipe = config_lib.recipe(method)
+    assert recipe.criterion in pruning.CRITERIA and recipe.rewind in stages.REWINDS, method
+
+
+def test_criteria_on_a_hand_made_tree():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from aws_jax import pruning  # pylint: disable=import-outside-toplevel
+  params = {'a': {'kernel': jnp.array([0.5, -0.1, 2.0, -3.0])}, 'classifier': {'kernel': jnp.array([0.01, 1.0])}}
+  prunable = {'a': {'kernel': True}, 'classifier': {'kernel': False}}
+  mask = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+  kept = pruning.CRITERIA['magnitude'](jax.random.PRNGKey(0), params, mask, prunable, 0.5, 'global')
+  assert kept['a']['kernel'].tolist() == [False, False, True, True] and kept['classifier']['kernel'].all()
+  drawn = pruning.CRITERIA['random'](jax.random.PRNGKey(0), params, mask, prunable, 0.5, 'global')
+  assert int(drawn['a']['kernel'].sum()) == 2 and drawn['classifier']['kernel'].all()

@@ -123,7 +123,7 @@ def test_sparsity_axis_keeps_every_level_in_view_when_ticks_are_thinned():
   levels = [100 * 0.7 ** k for k in range(10)]
   ax = pyplot.figure().subplots()
   ax.plot(levels, range(10))
-  plots._sparsity_axis(ax, levels)  # pylint: disable=protected-access
+  plots.common._sparsity_axis(ax, levels)  # pylint: disable=protected-access
   assert len(ax.get_xticks()) < len(levels) and min(ax.get_xticks()) == min(levels)
   high, low = ax.get_xlim()
   assert high > max(levels) and low < min(levels)
@@ -134,8 +134,9 @@ def test_sparsity_axis_keeps_every_level_in_view_when_ticks_are_thinned():
 def test_comparison_draws_a_differences_panel_only_when_there_are_differences(tmp_path, monkeypatch, pairs):
   """A grid with no pair to compare (one start, say) gets the accuracy panel alone, not an empty differences panel."""
   figures = []
-  make_figure = plots._figure  # pylint: disable=protected-access
-  monkeypatch.setattr(plots, '_figure', lambda **kwargs: figures.append(make_figure(**kwargs)) or figures[-1])
+  make_figure = plots.common._figure  # pylint: disable=protected-access
+  monkeypatch.setattr(plots.comparisons, '_figure',  # where plot_comparison looks it up
+                      lambda **kwargs: figures.append(make_figure(**kwargs)) or figures[-1])
   accuracies = {'aws signed r3': (97.5, 0.4), 'aws mask r3': (96.0, float('nan')), 'lrr signed r3': (96.8, 0.6)}
   differences = dict(list({'aws signed − aws mask r3': (1.5, 0.3), 'aws − lrr signed r3': (0.7, 0.5)}.items())[:pairs])
   path = str(tmp_path / 'starts.png')

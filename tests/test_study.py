@@ -84,6 +84,25 @@ def row(method, start, seed, accuracy, source_round=3, pruning_seed=1):
           'test_accuracy': accuracy, 'test_loss': 0.1, 'train_accuracy': 1.0, 'epochs': 2, 'wall_s': 1.0}
 
 
+def test_variants_pair_cell_by_cell_with_the_first_variant():
+  """Between variants: each cell of a variant minus the same cell of the first one, by (pruning seed, seed)."""
+  rows = [{**row('aws', 'signed', seed, accuracy), 'variant': 'a'} for seed, accuracy in ((2, 0.80), (3, 0.70))]
+  rows += [{**row('aws', 'signed', seed, accuracy), 'variant': 'b'} for seed, accuracy in ((2, 0.90), (3, 0.75))]
+  rows += [{**row('lrr', 'signed', 2, 0.5), 'variant': 'b'}]  # no partner in variant a
+  rows += [{**row('dense', 'dense', 2, 0.95), 'variant': 'a'}, {**row('dense', 'dense', 2, 0.93), 'variant': 'b'}]
+  found = {d['label']: d for d in study.variant_comparisons(rows, ['a', 'b'])}
+  assert set(found) == {'AWS signed: b − a', 'dense: b − a'}
+  np.testing.assert_allclose(found['AWS signed: b − a']['mean'], 0.075)  # (0.10 + 0.05) / 2
+  np.testing.assert_allclose(found['AWS signed: b − a']['half_width'], 12.706205 * 0.025, rtol=1e-6)
+  np.testing.assert_allclose(found['dense: b − a']['mean'], -0.02)
+  summaries = study.group_summaries(rows)
+  assert {(s['variant'], s['method']) for s in summaries} == {('a', 'aws'), ('b', 'aws'), ('b', 'lrr'), ('a', 'dense'),
+                                                              ('b', 'dense')}
+  within = study.comparisons(rows, ('aws', 'lrr'), variant='b')
+  assert {d['label'] for d in within} == {'AWS signed − dense', 'AWS signed − LRR signed'}
+  assert study.variant_comparisons(rows, ['a']) == []
+
+
 def test_several_pruning_runs_are_the_units_of_intervals():
   """Two pruning runs (seeds 1 and 7) × two final seeds: each interval is over the runs' means; dense, trained
   with the first run only, pairs with every run by final seed."""

@@ -43,11 +43,8 @@ def export(config, workdir: str, round_index: int | None, out: str) -> dict:
     raise UserError(f'pruning round {round_index} is not saved in {directory} (saved: '
                     f'{", ".join(map(str, saved))}); choose --round among them, or run the pruning stage further')
   from aws_jax.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
-  checkpoints = Checkpoints(directory)
-  try:
+  with Checkpoints(directory) as checkpoints:
     summary = checkpoints.summary(round_index)
-  finally:
-    checkpoints.close()
   signed = _restore_signs(os.path.join(directory, str(round_index), 'state'))
   num_classes = signed['classifier']['kernel'].shape[-1]
   image_shape = datasets.facts(config.dataset).image_shape
