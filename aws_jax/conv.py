@@ -5,7 +5,8 @@ Which convolutions a jitted function runs is an explicit choice, `impl`, one of 
   backward on these models' layers, except output maps of at most `ONEDNN_IM2COL_MAX_PIXELS` pixels (VGG's 2×2
   stage), where an im2col matmul is faster. Where `winograd_suits` (3×3 at stride 1, ≥ 32 channels, maps ≥ 4×4,
   enough 4×4 tiles), by Winograd's algorithm: 2–2.4× faster than direct on VGG-16's layers, as accurate, rounded
-  differently. 'onednn_direct': oneDNN without Winograd.
+  differently (oneDNN 2's, on AVX-512 only; PyPI's oneDNN 3.13 had none on an AVX-512 CPU and ran direct).
+  'onednn_direct': oneDNN without Winograd.
 - 'xla': XLA's own convolutions in the forms below. A 3×3 convolution on a small map runs at a few GFLOP/s in
   XLA, so output maps of at most `IM2COL_MAX_PIXELS` pixels are one matmul over extracted patches (im2col), and so
   are 1×1 convolutions; for inputs of at most `MATERIALIZE_MAX_CHANNELS` channels, the backward pass reads the input
@@ -17,7 +18,8 @@ Which convolutions a jitted function runs is an explicit choice, `impl`, one of 
 - 'lax': plain `lax.conv_general_dilated` (what GPUs and TPUs always get; XLA counts its FLOPs).
 - 'auto' (the default): 'onednn' on a single CPU device where oneDNN is built, else 'xla' on CPU, 'lax' elsewhere.
 Overrides from the environment: `AWS_JAX_ONEDNN=0` turns 'auto' and 'onednn' into 'xla'; `AWS_JAX_WINOGRAD=0`
-turns 'onednn' into 'onednn_direct'. Off CPU every choice is 'lax'; oneDNN is float32 on one device only.
+turns 'onednn' into 'onednn_direct'; `AWS_JAX_ONEDNN_LIBRARY` picks the oneDNN build (aws_jax/onednn.py). Off CPU
+every choice is 'lax'; oneDNN is float32 on one device only.
 
 `using(impl, fn)` is `fn` traced under that choice: a new function, so `jax.jit(using('xla', step))` and
 `jax.jit(using('onednn', step))` are two jitted functions that never share a compilation (config key `conv`).

@@ -18,6 +18,8 @@ from aws_jax.errors import UserError
 AUGMENTATIONS = ('none', 'crop_flip', 'resized_crop_flip')
 FILES = ('sklearn', 'tfds', 'tiny_imagenet', 'folder', 'npz')
 USER_KINDS = {'folder': ('train', 'test'), 'npz': ('train.npz', 'test.npz')}  # a user's dataset: what PATH holds
+_FOLDER_LAYOUT = 'a folder dataset is PATH/train/<class>/*.png|jpg and PATH/test/<class>/*, one sub-folder per class'
+_NPZ_LAYOUT = 'an npz dataset is PATH/train.npz and PATH/test.npz, each with images uint8 (N, H, W, C) and labels int'
 IMAGE_SUFFIXES = ('.bmp', '.jpeg', '.jpg', '.pgm', '.png', '.ppm', '.tif', '.tiff', '.webp')  # torchvision's
 # Per-channel (mean, std) in [0, 1] units: CIFAR-10's as the reference has them (its data/utils.py), ImageNet's usual.
 CIFAR10_CONSTANTS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
@@ -76,14 +78,8 @@ def check(name: str) -> None:
   kind, path = user
   for expected in USER_KINDS[kind]:
     if not (path / expected).exists():
-      raise UserError(f'--config.dataset={name}: {path} has no {expected} ({layout(kind)})')
-
-
-def layout(kind: str) -> str:
-  """What a user's dataset of `kind` holds, in words."""
-  if kind == 'folder':
-    return 'a folder dataset is PATH/train/<class>/*.png|jpg and PATH/test/<class>/*, one sub-folder per class'
-  return 'an npz dataset is PATH/train.npz and PATH/test.npz, each with images uint8 (N, H, W, C) and labels int'
+      layout = _FOLDER_LAYOUT if kind == 'folder' else _NPZ_LAYOUT
+      raise UserError(f'--config.dataset={name}: {path} has no {expected} ({layout})')
 
 
 def facts(name: str) -> Facts:
@@ -106,11 +102,11 @@ def folder_examples(path: pathlib.Path) -> tuple[list[str], dict[str, list[tuple
     folders = sorted(entry for entry in (path / split).iterdir() if entry.is_dir())
     unknown = [folder.name for folder in folders if folder.name not in label]
     if unknown:
-      raise UserError(f'{path / split / unknown[0]} is a class that {path / "train"} lacks ({layout("folder")})')
+      raise UserError(f'{path / split / unknown[0]} is a class that {path / "train"} lacks ({_FOLDER_LAYOUT})')
     splits[split] = [(file, label[folder.name]) for folder in folders for file in sorted(folder.iterdir())
                      if file.suffix.lower() in IMAGE_SUFFIXES]
     if not splits[split]:
-      raise UserError(f'{path / split} holds no image in class sub-folders ({layout("folder")})')
+      raise UserError(f'{path / split} holds no image in class sub-folders ({_FOLDER_LAYOUT})')
   return classes, splits
 
 
@@ -128,12 +124,12 @@ def _npz_facts(path: pathlib.Path) -> Facts:
     file = path / f'{split}.npz'
     shape, dtype = _npz_header(file, 'images')
     if len(shape) != 4 or dtype != np.uint8:
-      raise UserError(f'{file}: images are {dtype} {shape}, not uint8 (N, H, W, C) ({layout("npz")})')
+      raise UserError(f'{file}: images are {dtype} {shape}, not uint8 (N, H, W, C) ({_NPZ_LAYOUT})')
     with np.load(file) as arrays:  # reads the labels alone
       labels = arrays['labels']
     if labels.shape != shape[:1] or not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0:
       raise UserError(f'{file}: labels are {labels.dtype} {labels.shape}, not {shape[0]} integers >= 0 '
-                      f'({layout("npz")})')
+                      f'({_NPZ_LAYOUT})')
     shapes[split], classes = shape, max(classes, int(labels.max(initial=0)) + 1)
   if shapes['train'][1:] != shapes['test'][1:]:
     raise UserError(f'{path}: train.npz holds {shapes["train"][1:]} images, test.npz {shapes["test"][1:]}')
@@ -148,5 +144,5 @@ def _npz_header(file: pathlib.Path, key: str) -> tuple[tuple[int, ...], np.dtype
       read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
       shape, _, dtype = read_header(f)
   except (KeyError, zipfile.BadZipFile, ValueError) as e:
-    raise UserError(f'{file} has no array {key!r} ({e}; {layout("npz")})') from e
+    raise UserError(f'{file} has no array {key!r} ({e}; {_NPZ_LAYOUT})') from e
   return shape, dtype

@@ -61,9 +61,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   rundir.check_writable()
   lock = Lock(rundir, holder='main') if reporting.is_main_process() else contextlib.nullcontext()
   with lock, preemption.handling_signals():
+    setup = make_setup(config)  # before config.json: a refusal here (no dataset) leaves only the lock behind
     prepare(config, rundir, config.method)
     source_round = None if config.final.signed_mask else config_lib.source_round(config)
-    results = run_method(make_setup(config), rundir, method=config.method, stage=config.stage,
+    results = run_method(setup, rundir, method=config.method, stage=config.stage,
                          finals=[(source_round, tuple(config.final.modes))], seeds=tuple(config.final.seeds))
   reporting.say(reporting.format_table(results))
   return results

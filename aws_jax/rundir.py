@@ -303,21 +303,18 @@ class Lock:
     self._file.close()  # closing releases the lock
 
 
-SETUP_FILES = ('.lock', 'config.json')  # what a run writes before it trains
-
-
 @contextlib.contextmanager
 def left_as_found(root: str, always: bool = False):
   """Removes what a command added to `root` (the directory too, if it made it) when it stops with an error before it
-  wrote anything but its lock and config (a refused run: no dataset, a bad analysis name), so that the directory is
-  as it was; a run that trained keeps what it wrote (its metrics show what went wrong). `always`: also when it
+  wrote anything but its lock (a refused run: no dataset, a bad analysis name), so that the directory is as it was;
+  a run that got further keeps what it wrote (its config and metrics show what went wrong). `always`: also when it
   succeeds (a probe)."""
   existed = os.path.isdir(root)
   before = set(os.listdir(root)) if existed else set()
 
   def restore():
     added = set(os.listdir(root)) - before if os.path.isdir(root) else set()
-    if added <= set(SETUP_FILES) and not RunDir(root).has_checkpoint():
+    if added <= {'.lock'}:
       for name in added:
         target = os.path.join(root, name)
         if os.path.isdir(target):

@@ -48,6 +48,21 @@ def state_shardings(mesh: Mesh, state, fsdp: bool):
   return jax.tree.map(lambda x: array_sharding(mesh, x.shape) if fsdp else replicated(mesh), state)
 
 
+def host_share(batch_size: int, processes: int) -> int:
+  """The rows of a global batch of `batch_size` that each of `processes` hosts feeds."""
+  if batch_size % processes:
+    raise UserError(f'the batch size {batch_size} must be a multiple of the {processes} processes')
+  return batch_size // processes
+
+
+def host_rows(rows: np.ndarray, process: tuple[int, int]) -> np.ndarray:
+  """Host `process` = (index, count)'s rows of a global batch's `rows` (along its last axis): those its devices own,
+  [index, index + 1) × B / count."""
+  index, count = process
+  size = host_share(rows.shape[-1], count)
+  return rows[..., index * size:(index + 1) * size]
+
+
 def put(x, sharding: NamedSharding) -> jax.Array:
   """A global array from a value every host holds in full (the dataset, a fresh state, a batch's indices)."""
   if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):

@@ -14,8 +14,9 @@ SUBPROCESS_TIMEOUT = 1800
 
 
 def pytest_configure(config):
-  """One persistent XLA compilation cache for the session and the CLI runs it starts: same programs, less waiting."""
-  del config
+  """One persistent XLA compilation cache for the session and the CLI runs it starts: same programs, less waiting;
+  the markers."""
+  config.addinivalue_line('markers', 'paper_config: a paper config end to end on fake data (minutes each on a CPU)')
   os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='aws_jax_xla_cache_'))
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')

@@ -231,7 +231,7 @@ def test_missing_dataset_default_data_dir_is_tfds_data_dir(tmp_path, monkeypatch
 
 
 def test_missing_fashion_mnist_mentions_debian_package(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, '_FASHION_MNIST_IDX_DIR', tmp_path / 'no-debian-package')
+  monkeypatch.setattr(data.files, '_FASHION_MNIST_IDX_DIR', tmp_path / 'no-debian-package')
   with pytest.raises(UserError, match='dataset-fashion-mnist') as error:
     data.load('fashion_mnist', data_dir=tmp_path)
   assert str(tmp_path) in str(error.value) and '\n' not in str(error.value)
@@ -258,8 +258,8 @@ def test_cifar10_from_prepared_tfds_data(tmp_path):
   np.testing.assert_allclose(dataset.std, splits['train'][0].reshape(-1, 3).std(axis=0), rtol=1e-6)
 
 
-@pytest.mark.skipif(not data._FASHION_MNIST_IDX_DIR.is_dir(),
-                    reason=f'{data._FASHION_MNIST_IDX_DIR} missing: apt-get install dataset-fashion-mnist')
+@pytest.mark.skipif(not data.files._FASHION_MNIST_IDX_DIR.is_dir(),
+                    reason=f'{data.files._FASHION_MNIST_IDX_DIR} missing: apt-get install dataset-fashion-mnist')
 def test_fashion_mnist_from_debian_idx_files(tmp_path):
   dataset = data.load('fashion_mnist', data_dir=tmp_path)
   assert dataset.train_images.shape == (60000, 28, 28, 1) and dataset.test_images.shape == (10000, 28, 28, 1)
@@ -354,7 +354,7 @@ def test_tiny_imagenet_downloads_the_official_zip_when_asked(tmp_path, monkeypat
   with zipfile.ZipFile(archive, 'w') as f:
     for path in sorted((tmp_path / 'unzipped').rglob('*')):
       f.write(path, path.relative_to(tmp_path / 'unzipped'))
-  monkeypatch.setattr(data, '_TINY_IMAGENET_URL', archive.as_uri())
+  monkeypatch.setattr(data.files, '_TINY_IMAGENET_URL', archive.as_uri())
   _check_tiny_imagenet(data.load('tiny_imagenet', data_dir=tmp_path / 'data', download=True))
   assert sorted(path.name for path in (tmp_path / 'data').iterdir()) == ['tiny-imagenet-200']
 
@@ -493,8 +493,8 @@ def test_imagenet_train_batches_are_a_seeded_permutation_of_augmented_examples(f
 def test_imagenet_batches_of_several_seeds_stack_each_seeds_own_and_resume_at_a_step(fake_imagenet, monkeypatch):
   dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
   decoded = []
-  real_example = data._imagenet_train_example
-  monkeypatch.setattr(data, '_imagenet_train_example', lambda *args: decoded.append(1) or real_example(*args))
+  real_example = data.streamed._imagenet_train_example
+  monkeypatch.setattr(data.streamed, '_imagenet_train_example', lambda *args: decoded.append(1) or real_example(*args))
   together = list(dataset.train_batches(4, seeds=(1, 2), phase=0, epoch=0))
   assert [images.shape for images, _, _ in together] == [(2, 4, 224, 224, 3)] * 2
   for seed_index, seed in enumerate((1, 2)):
@@ -511,7 +511,7 @@ def test_imagenet_train_example_is_torchvisions_random_resized_crop_then_flip():
   image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
   flips = []
   for seed in range(8):
-    out = data._imagenet_train_example({'image': fakes.encode(image, 'PNG'), 'label': 7},
+    out = data.streamed._imagenet_train_example({'image': fakes.encode(image, 'PNG'), 'label': 7},
                                      np.random.default_rng(seed))
     assert out['label'] == 7 and out['label'].dtype == np.int32
     rng = np.random.default_rng(seed)  # replays the draws: the box (scale (0.08, 1)), then the flip
@@ -595,9 +595,9 @@ def test_protocol_trains_on_streamed_imagenet(fake_imagenet, tmp_path, monkeypat
   config.final.update({'epochs': 1, 'modes': ('signed',), 'seeds': (2,)})
   config.barrier.update({'psi_reset': False, 'lmc': False, 'sgd_noise': False})
   decoded = []
-  real_example = data._imagenet_train_example
-  monkeypatch.setattr(data, '_imagenet_train_example', lambda *args: decoded.append(1) or real_example(*args))
-  monkeypatch.setattr(data, '_to_arrays', lambda source: pytest.fail('a streamed split was read whole'))
+  real_example = data.streamed._imagenet_train_example
+  monkeypatch.setattr(data.streamed, '_imagenet_train_example', lambda *args: decoded.append(1) or real_example(*args))
+  monkeypatch.setattr(data.files, '_to_arrays', lambda source: pytest.fail('a streamed split was read whole'))
   results = protocol.run(config, str(tmp_path))
   assert len(decoded) == 3 * 2 * 4  # streamed: each of 3 epochs decodes its 2 batches of 4, nothing more
   assert [r['fraction_left'] for r in results['rounds']] == pytest.approx([1.0, 0.8], abs=1e-3)
@@ -611,7 +611,7 @@ def test_authors_normalization_is_the_references_constants_for_cifar100_and_tiny
   statistics stay for every other dataset, and for all with normalization='computed'."""
   digits = data.load('digits')
   arrays = {key: getattr(digits, key) for key in ('train_images', 'train_labels', 'test_images', 'test_labels')}
-  monkeypatch.setattr(data, '_LOADERS', {files: lambda *_: dict(arrays) for files in data._LOADERS})
+  monkeypatch.setattr(data.files, 'LOADERS', {files: lambda *_: dict(arrays) for files in data.files.LOADERS})
   constants = {'cifar100': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
                'tiny_imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
   for name in ('digits', 'fashion_mnist', 'cifar10', 'cifar100', 'tiny_imagenet'):

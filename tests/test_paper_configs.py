@@ -24,9 +24,10 @@ PAPER_CONFIGS = (*(f'cifar100:{p}' for p in ('resnet50', 'mobilenetv2', 'efficie
                  *(f'tiny_imagenet:{p}' for p in _presets('tiny_imagenet')),
                  *(f'imagenet:{p}' for p in ('resnet50', 'mobilenetv2', 'mixer')), 'vgg')
 BATCH = 2
+pytestmark = pytest.mark.paper_config  # -m 'not paper_config' leaves the set out of a quick run
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def fake_data_dir(tmp_path_factory):
   """`fake_data_dir(dataset)`: the data directory of a fake `dataset` with its registered image shape and classes,
   4 training and 2 test images (Tiny-ImageNet: one training image per class, as its loader checks), made once."""
