@@ -187,7 +187,8 @@ def quiet_logging():
   aws_jax's own warnings (e.g. oneDNN unavailable) stay."""
   if flags.FLAGS['verbosity'].present:
     return
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # XLA's C++ logging, read when JAX's backend starts
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # XLA's C++ logging (its slow-compile alarms on a loaded machine
+  # too): what goes wrong reaches aws_jax as an exception, reported on one line
   logging.set_verbosity(logging.WARNING)
   logging.get_absl_handler().addFilter(_OwnWarningsOnly())
   for name in ('jax', 'orbax'):

@@ -124,3 +124,11 @@ def test_bad_init_normalization_or_drop_connect_is_refused(key, value, fragment)
   config[key] = value
   with pytest.raises(config_lib.UserError, match=f'--config.{key}=.*{fragment}'):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize('spec', ['cifar100:resnet50', 'cifar100:shufflenet', 'tiny_imagenet:mobilenetv2', 'vgg:',
+                                  'vgg:lrr', 'fashion_mnist:paper'])
+def test_paper_configs_measure_barriers_as_the_authors_do(spec):
+  """Fresh BatchNorm statistics, then one epoch of augmented batches at each point (the authors' script)."""
+  config = load_as_cli(spec)
+  assert config.barrier.reestimate == 'authors' and config.barrier.bn_batches == -1
