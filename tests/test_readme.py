@@ -2,8 +2,8 @@
 
 A block runs when the line before its ```bash fence is MARKER (README.md explains it in its opening comment). Each
 runs in bash from a directory holding a copy of configs/, with its paths and flags as written. `python` there is a
-small wrapper that appends SHRINK's overrides to runs of the digits configs (fewer training examples and epochs; the
-same rounds and final epochs, so the checkpoints the README names exist), which keeps the whole README to a couple
+small wrapper that appends SHRINK's overrides to runs of the digits configs on digits (fewer training examples and
+epochs; the same rounds and final epochs, so the checkpoints the README names exist), which keeps the whole README to a couple
 of minutes on 2 cores; nothing else is added. The commands must also be quiet: no library log lines.
 """
 import os
@@ -27,7 +27,8 @@ import sys
 
 args = sys.argv[1:]
 config = next((a.split('=', 1)[1] for a in args if a.startswith('--config=')), '')
-if args[:1] == ['-m'] and args[1] in {SHRUNK!r} and config.startswith('configs/digits.py'):
+own_data = any(a.startswith('--config.dataset=') for a in args)  # a small dataset of its own: run as written
+if args[:1] == ['-m'] and args[1] in {SHRUNK!r} and config.startswith('configs/digits.py') and not own_data:
   args += {SHRINK_STUDY!r} if config.endswith(':study') else {SHRINK!r}
 os.execv(sys.executable, [sys.executable, *args])
 '''
