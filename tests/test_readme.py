@@ -3,8 +3,8 @@
 A block runs when the line before its ```bash fence is MARKER (README.md explains it in its opening comment). Each
 runs in bash from a directory holding a copy of configs/, with its paths and flags as written. `python` there is a
 small wrapper that appends SHRINK's overrides to runs of the digits configs on digits (fewer training examples and
-epochs; the same rounds and final epochs, so the checkpoints the README names exist), which keeps the whole README to a couple
-of minutes on 2 cores; nothing else is added. The commands must also be quiet: no library log lines.
+epochs; the same rounds and final epochs, so the checkpoints the README names exist), which keeps the whole README
+to a few minutes on 2 cores; nothing else is added. The commands must also be quiet: no library log lines.
 """
 import os
 import re
