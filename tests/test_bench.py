@@ -136,3 +136,29 @@ def test_step_with_each_installed_onednn_library_runs_in_a_process_of_its_own():
   for library in INSTALLED:
     figures = speed.step_figures_with(library, 'small_cnn', 8, 8, 10, 1, 0.0, True, 'auto', False)
     assert (figures['onednn_library'], figures['convolutions']) == (library, 'onednn') and figures['onednn']
+
+
+def test_onednn_primitives_sums_verbose_lines_of_either_oneDNN_per_step():
+  """benchmarks/onednn_primitives.py reads oneDNN 2.x and 3.x verbose lines alike (shapes shortened here)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location('onednn_primitives', os.path.join(REPO, 'benchmarks',
+                                                                                  'onednn_primitives.py'))
+  primitives = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(primitives)
+  v2 = ['onednn_verbose,info,cpu,runtime:OpenMP',
+        'onednn_verbose,exec,cpu,convolution,jit:avx512_core,forward_training,src_f32::blocked:acdb:f0,,'
+        'alg:convolution_direct,mb8_ic3oc16_ih32,2.0',
+        'onednn_verbose,exec,cpu,convolution,jit_wino_4x3:avx512_core,backward_data,src_f32::blocked:acdb:f0,,'
+        'alg:convolution_winograd,mb8_ic16oc16_ih32,1.5',
+        'onednn_verbose,exec,cpu,reorder,jit:uni,undef,src_f32::blocked:abcd:f0,,,8x16x32x32,0.5']
+  v3 = ['onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx512_core,forward_training,'
+        'src:f32::blocked:acdb::f0,,alg:convolution_direct,mb8_ic3oc16_ih32,3.0']
+  ms, implementations, steps = primitives.per_step('\n'.join(v2 * 2 + v3))
+  assert steps == 3  # three execs of the first forward convolution's shape
+  assert ms == pytest.approx({('convolution', 'forward_training', 'convolution_direct'): 7.0 / 3,
+                              ('convolution', 'backward_data', 'convolution_winograd'): 1.0,
+                              ('reorder', 'undef', ''): 1.0 / 3})
+  assert implementations['convolution', 'forward_training', 'convolution_direct'] == {
+      'jit:avx512_core', 'brg_conv_fwd:avx512_core'}
+  assert '| convolution | backward_data | convolution_winograd | 1.0 |' in primitives.table(
+      {'system': (ms, implementations, steps)})
