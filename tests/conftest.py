@@ -17,6 +17,8 @@ def pytest_configure(config):
   """One persistent XLA compilation cache for the session and the CLI runs it starts: same programs, less waiting;
   the markers."""
   config.addinivalue_line('markers', 'paper_config: a paper config end to end on fake data (minutes each on a CPU)')
+  config.addinivalue_line('markers', 'long: a minute or more on 2 cores; scheduled first, so that the others fill in '
+                                     'around it')
   os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='aws_jax_xla_cache_'))
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
@@ -24,6 +26,11 @@ def pytest_configure(config):
     os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
     # and pick reductions and cuDNN algorithms that may differ run to run; the tests resume bit for bit (README, GPU)
     os.environ['XLA_FLAGS'] = ' '.join(filter(None, (os.environ.get('XLA_FLAGS'), '--xla_gpu_deterministic_ops=true')))
+
+
+def pytest_collection_modifyitems(items):
+  """Tests marked `long` first (in their order), then the rest: xdist balances the short ones around the long."""
+  items.sort(key=lambda item: item.get_closest_marker('long') is None)
 
 
 def without_times(record):

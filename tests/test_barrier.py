@@ -21,6 +21,8 @@ from aws_jax.errors import UserError
 from aws_jax.rundir import RunDir
 from conftest import REPO, SUBPROCESS_TIMEOUT, tiny_digits_config
 
+pytestmark = pytest.mark.xdist_group('barrier')  # its module-scoped fixtures: one worker builds them once
+
 DIGITS = data_lib.load('digits')
 DATA = barrier.path_data(DIGITS.train_images, DIGITS.test_images, DIGITS.test_labels, DIGITS.mean, DIGITS.std,
                          batch_size=128, bn_batches=-1, eval_batch_size=360)

@@ -15,6 +15,7 @@ TORCH_KEYS = {'framework', 'version', 'model', 'batch', 'image', 'classes', 'aws
               'ms_per_step_median', 'ms_per_step_min', 'ms_per_step_max', 'steps', 'machine'}
 
 
+@pytest.mark.long
 def test_bench_smoke_prints_every_figure():
   result = subprocess.run([sys.executable, '-m', 'aws_jax.bench', '--smoke'], cwd=REPO, capture_output=True,
                           text=True, timeout=300)

@@ -20,6 +20,8 @@ from aws_jax import train as train_lib
 from aws_jax.errors import UserError
 import fakes
 
+pytestmark = pytest.mark.xdist_group('data')  # its module-scoped fixtures: one worker builds them once
+
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):

@@ -5,11 +5,13 @@ import os
 import pathlib
 import subprocess
 import sys
+import pytest
 
 from aws_jax.rundir import StudyDir
 from conftest import REPO
 
 
+@pytest.mark.long
 def test_device_check_smoke_writes_every_part(tmp_path):
   # The interpreter running the suite, whatever `python` is first on PATH (a venv that is not activated).
   result = subprocess.run(['bash', 'benchmarks/device_check.sh', '--smoke', str(tmp_path)], cwd=REPO,
@@ -28,6 +30,7 @@ def test_device_check_smoke_writes_every_part(tmp_path):
   assert list((tmp_path / 'study').glob('*.png'))
 
 
+@pytest.mark.long
 def test_psi_ablation_smoke_runs_both_variants_with_pruning_seeds_at_once(tmp_path):
   result = subprocess.run(['bash', 'benchmarks/psi_ablation.sh', '--smoke', str(tmp_path)], cwd=REPO,
                           env={**os.environ, 'PYTHON': sys.executable}, capture_output=True, text=True, timeout=900)

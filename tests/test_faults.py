@@ -138,6 +138,7 @@ def kill_at_random_moments_until_done(workdir, rng: random.Random) -> int:
       assert 'stopped by SIGTERM' in stderr and 'rerun the same command to resume' in stderr, stderr
 
 
+@pytest.mark.long
 def test_killed_at_random_moments_ends_like_an_uninterrupted_run(tmp_path):
   """SIGKILL and SIGTERM, mixed, at >= 10 random moments (each after some new checkpoint), a rerun after each. Where
   a run is fast enough to finish sooner, another workdir goes through the same, until 10 kills are reached."""

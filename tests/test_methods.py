@@ -128,6 +128,7 @@ def test_control_starts(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, starts['dense'].params, fresh.params)
 
 
+@pytest.mark.long
 def test_seeds_trained_together_match_seeds_trained_one_by_one(tmp_path):
   """final.seeds_at_once=vmap against sequential: the same data orders and updates, batched. Measured after this
   test's 4 epochs on a 2-core AMD EPYC without AVX-512: with oneDNN's convolutions (which run each seed's call in

@@ -6,6 +6,7 @@ import socket
 import subprocess
 
 import jax
+import pytest
 import numpy as np
 
 from aws_jax.rundir import RunDir
@@ -27,6 +28,7 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.long
 def test_two_processes_find_the_same_masks_as_one(tmp_path):
   two = tmp_path / 'two_processes'
   address = f'localhost:{free_port()}'

@@ -101,6 +101,7 @@ def test_quickstart_tiny(tmp_path, monkeypatch):
   assert 'ψ-reset barrier' in text and images == 3
 
 
+@pytest.mark.long
 def test_ablation_tiny(tmp_path, monkeypatch):
   nb = read('ablation')
   runs = execute(nb, tmp_path, monkeypatch)

@@ -166,6 +166,7 @@ def test_winograd_suits(in_shape, kernel, strides, out_hw, suits):
   assert conv.winograd_suits(in_shape, kernel, strides, out_hw) == suits
 
 
+@pytest.mark.long
 @needs_onednn
 def test_model_step_matches_xla_convolutions():
   """A ResNet-20 loss and gradients with oneDNN's convolutions (Winograd's on 32 and 64 channels) equal those with

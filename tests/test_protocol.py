@@ -15,6 +15,8 @@ from aws_jax.errors import UserError
 from aws_jax.rundir import RunDir
 from conftest import run_cli, tensorboard_scalars, tiny_digits_config, without_times
 
+pytestmark = pytest.mark.xdist_group('protocol')  # its module-scoped fixtures: one worker builds them once
+
 
 def expected_alive(total: int, rounds: int) -> list[int]:
   alive = [total]

@@ -3,8 +3,9 @@
 A block runs when the line before its ```bash fence is MARKER (README.md explains it in its opening comment). Each
 runs in bash from a directory holding a copy of configs/, with its paths and flags as written. `python` there is a
 small wrapper that appends SHRINK's overrides to runs of the digits configs on digits (fewer training examples and
-epochs; the same rounds and final epochs, so the checkpoints the README names exist), which keeps the whole README
-to a few minutes on 2 cores; nothing else is added. The commands must also be quiet: no library log lines.
+epochs; the same rounds and final epochs, so the checkpoints the README names exist; studies, SHRINK_STUDY's: also
+fewer rounds, final epochs and seeds), which keeps the whole README to a few minutes on 2 cores; nothing else is
+added. The commands must also be quiet: no library log lines.
 """
 import os
 import re
@@ -12,12 +13,15 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, SUBPROCESS_TIMEOUT
 
 MARKER = '<!-- readme-test: run -->'
 SHRINK = ('--config.train_examples=128', '--config.prune.warmup_epochs=2', '--config.prune.round_epochs=1',
           '--config.progress=False')
-SHRINK_STUDY = (*SHRINK, '--config.prune.rounds=2', '--config.final.epochs=2', '--config.checkpoint_every_epochs=2')
+SHRINK_STUDY = (*SHRINK, '--config.prune.rounds=2', '--config.final.epochs=2', '--config.checkpoint_every_epochs=2',
+                '--config.study.seeds=(2, 3)')  # two seeds: a difference's interval and an SGD-noise pair still exist
 SHRUNK = ('aws_jax.main', 'aws_jax.study', 'aws_jax.barrier', 'aws_jax.signs')  # the commands that read --config
 
 WRAPPER = f'''#!{sys.executable}
@@ -45,6 +49,7 @@ def test_marked_blocks_are_found_and_only_those():
   assert marked_blocks(text) == ['echo 1 \\\n  2\n']
 
 
+@pytest.mark.long
 def test_readme_commands_run_in_order(tmp_path):
   with open(os.path.join(REPO, 'README.md'), encoding='utf-8') as f:
     blocks = marked_blocks(f.read())

@@ -13,6 +13,8 @@ from aws_jax import protocol
 from aws_jax.rundir import RunDir
 from conftest import REPO, SUBPROCESS_TIMEOUT, run_cli, tiny_digits_config
 
+pytestmark = pytest.mark.xdist_group('sharding')  # its module-scoped fixtures: one worker builds them once
+
 # Trains a few steps, prunes once, trains a few more on however many devices XLA was given; saves what it saw.
 STEPS_SCRIPT = '''
 import sys

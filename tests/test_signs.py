@@ -16,6 +16,8 @@ from aws_jax.errors import UserError
 from aws_jax.rundir import RunDir
 from conftest import REPO, SUBPROCESS_TIMEOUT, tiny_digits_config, without_times
 
+pytestmark = pytest.mark.xdist_group('signs')  # its module-scoped fixtures: one worker builds them once
+
 T, F = True, False
 TINY_SIGNED = {'conv': {'kernel': np.array([[1, 0, -1], [0, -1, 1], [0, 0, 1]], np.int8)},
                'classifier': {'bias': np.array([-1, 1], np.int8)},

@@ -250,6 +250,7 @@ def test_sign_changes_figure(tmp_path):
   assert result.stdout.split() == [str(out / 'accuracy_vs_sparsity.png'), str(out / 'signs.png')]
 
 
+@pytest.mark.long
 def test_digits_study_runs_then_widens(tmp_path):
   workdir = tmp_path / 'study'
   command = [sys.executable, '-m', 'aws_jax.study', f'--config={REPO}/configs/digits.py:study', f'--workdir={workdir}',
@@ -367,6 +368,7 @@ def test_pruning_seeds_widen_a_study_with_pruning_runs(tmp_path):
   assert f'## Pruning stage: lrr_seed{seed + 6}' in table and 'over pruning runs' in table
 
 
+@pytest.mark.long
 def test_parallel_runs_the_pruning_seeds_at_once_stops_on_sigterm_and_resumes(tmp_path):
   """`--parallel` runs each pruning seed's part in a process of its own on one workdir (each run directory locked
   while used), the dense start in the first one's only; SIGTERM reaches every process, which stops with a
@@ -460,6 +462,7 @@ def test_variants_share_a_setup_only_where_data_and_model_are_the_same():
   assert study.grid.shares_setup(paper, decay) and not study.grid.shares_setup(paper, smaller)
 
 
+@pytest.mark.long
 def test_variants_are_studies_side_by_side_compared_cell_by_cell_and_a_new_one_trains_alone(tmp_path):
   """Each variant gets the grid in its own study directory under the same seeds; study.csv has a variant column,
   study.md the differences between variants; a rerun trains nothing; adding a variant trains only it."""

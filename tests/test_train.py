@@ -10,6 +10,8 @@ import pytest
 
 from aws_jax import models, pruning, train
 
+pytestmark = pytest.mark.xdist_group('train')  # its module-scoped fixtures: one worker builds them once
+
 MODEL = models.SmallCNN(num_classes=3, widths=(4, 8))
 N, BATCH = 32, 8
 MEAN, STD = np.array([0.5], np.float32), np.array([0.25], np.float32)
