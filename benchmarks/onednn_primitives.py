@@ -53,13 +53,13 @@ def table(figures: dict) -> str:
   """Markdown: a row per (primitive, direction, algorithm), a ms column per library, then the totals."""
   libraries = list(figures)
   keys = sorted(set().union(*(ms for ms, _, _ in figures.values())))
-  lines = ['| primitive | direction | algorithm | ' + ' | '.join(f'{l} ms' for l in libraries) + ' | implementations |',
-           '| --- | --- | --- | ' + ' | '.join('---:' for _ in libraries) + ' | --- |']
+  lines = ['| primitive | direction | algorithm | ' + ' | '.join(f'{lib} ms' for lib in libraries)
+           + ' | implementations |', '| --- | --- | --- | ' + ' | '.join('---:' for _ in libraries) + ' | --- |']
   for key in keys:
-    used = '; '.join(f'{l}: ' + ','.join(sorted(figures[l][1].get(key, ()))) for l in libraries if key in figures[l][0])
-    lines.append('| ' + ' | '.join(key) + ' | ' + ' | '.join(f'{figures[l][0].get(key, 0.0):.1f}' for l in libraries)
-                 + f' | {used} |')
-  lines.append('| total | | | ' + ' | '.join(f'{sum(figures[l][0].values()):.1f}' for l in libraries) + ' | |')
+    ms = ' | '.join(f'{figures[lib][0].get(key, 0.0):.1f}' for lib in libraries)
+    used = '; '.join(f'{lib}: ' + ','.join(sorted(figures[lib][1][key])) for lib in libraries if key in figures[lib][0])
+    lines.append(f'| {" | ".join(key)} | {ms} | {used} |')
+  lines.append('| total | | | ' + ' | '.join(f'{sum(figures[lib][0].values()):.1f}' for lib in libraries) + ' | |')
   return '\n'.join(lines)
 
 
