@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+
 import pytest
 
 from aws_jax.rundir import StudyDir

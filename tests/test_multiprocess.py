@@ -6,8 +6,8 @@ import socket
 import subprocess
 
 import jax
-import pytest
 import numpy as np
+import pytest
 
 from aws_jax.rundir import RunDir
 from conftest import REPO, SUBPROCESS_TIMEOUT, cli_command, run_cli, tiny_digits_config
