@@ -44,7 +44,8 @@ def without_times(record):
 
 
 def tiny_digits_config(**overrides):
-  """configs/digits.py shrunk to a few seconds of training; `overrides` use dotted keys."""
+  """configs/digits.py shrunk to a few seconds of training, its barriers to 3 points re-estimating BatchNorm on 4
+  batches; `overrides` use dotted keys."""
   from aws_jax import cli  # pylint: disable=import-outside-toplevel
   config = cli.get_config(os.path.join(REPO, 'configs', 'digits.py'))
   config.prune.warmup_epochs = 3
@@ -53,6 +54,8 @@ def tiny_digits_config(**overrides):
   config.final.epochs = 4
   config.final.seeds = (2,)
   config.checkpoint_every_epochs = 2
+  config.barrier.points = 3
+  config.barrier.bn_batches = 4
   config.progress = False
   for key, value in overrides.items():
     node = config
@@ -65,7 +68,7 @@ def tiny_digits_config(**overrides):
 
 TINY_FLAGS = ('--config.prune.warmup_epochs=3', '--config.prune.rounds=3', '--config.prune.round_epochs=2',
               '--config.final.epochs=4', '--config.final.seeds=(2,)', '--config.checkpoint_every_epochs=2',
-              '--config.progress=False')
+              '--config.barrier.points=3', '--config.barrier.bn_batches=4', '--config.progress=False')
 
 
 def cli_command(workdir, *flags, config='configs/digits.py'):

@@ -97,7 +97,8 @@ def test_torch_baseline_has_aws_jax_networks(model):
   pytest.importorskip('torch')
   import jax  # pylint: disable=import-outside-toplevel
   from aws_jax import models, speed, train  # pylint: disable=import-outside-toplevel
-  params, _ = train.init_variables(models.create_model(model, 10), jax.random.PRNGKey(0), (32, 32, 3))
+  params, _ = jax.eval_shape(lambda: train.init_variables(models.create_model(model, 10), jax.random.PRNGKey(0),
+                                                          (32, 32, 3)))  # shapes suffice: no compilation
   figures = speed.torch_figures(TORCH_BASELINE, model, batch=2, image=8, classes=10, steps=1, sparsity=0.0,
                                 aws=False)
   assert figures['params'] == models.count_params(params)

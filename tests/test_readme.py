@@ -2,10 +2,11 @@
 
 A block runs when the line before its ```bash fence is MARKER (README.md explains it in its opening comment). Each
 runs in bash from a directory holding a copy of configs/, with its paths and flags as written. `python` there is a
-small wrapper that appends SHRINK's overrides to runs of the digits configs on digits (fewer training examples and
-epochs; the same rounds and final epochs, so the checkpoints the README names exist; studies, SHRINK_STUDY's: also
-fewer rounds, final epochs and seeds), which keeps the whole README to a few minutes on 2 cores; nothing else is
-added. The commands must also be quiet: no library log lines.
+small wrapper that appends SHRINK's overrides to runs of the digits configs on digits (fewer training examples,
+epochs and barrier points; the same rounds and final epochs, so the checkpoints the README names exist; studies,
+SHRINK_STUDY's: also fewer rounds, final epochs and seeds; on a dataset of the README's own, SHRINK_EPOCHS': all its
+examples), which keeps the whole README to a few minutes on 2 cores; nothing else is added. The commands must also
+be quiet: no library log lines.
 """
 import os
 import re
@@ -18,8 +19,9 @@ import pytest
 from conftest import REPO, SUBPROCESS_TIMEOUT
 
 MARKER = '<!-- readme-test: run -->'
-SHRINK = ('--config.train_examples=128', '--config.prune.warmup_epochs=2', '--config.prune.round_epochs=1',
-          '--config.progress=False')
+SHRINK_EPOCHS = ('--config.prune.warmup_epochs=2', '--config.prune.round_epochs=1', '--config.barrier.points=3',
+                 '--config.progress=False')
+SHRINK = ('--config.train_examples=128', *SHRINK_EPOCHS)
 SHRINK_STUDY = (*SHRINK, '--config.prune.rounds=2', '--config.final.epochs=2', '--config.checkpoint_every_epochs=2',
                 '--config.study.seeds=(2, 3)')  # two seeds: a difference's interval and an SGD-noise pair still exist
 SHRUNK = ('aws_jax.main', 'aws_jax.study', 'aws_jax.barrier', 'aws_jax.signs')  # the commands that read --config
@@ -31,9 +33,9 @@ import sys
 
 args = sys.argv[1:]
 config = next((a.split('=', 1)[1] for a in args if a.startswith('--config=')), '')
-own_data = any(a.startswith('--config.dataset=') for a in args)  # a small dataset of its own: run as written
-if args[:1] == ['-m'] and args[1] in {SHRUNK!r} and config.startswith('configs/digits.py') and not own_data:
-  args += {SHRINK_STUDY!r} if config.endswith(':study') else {SHRINK!r}
+own_data = any(a.startswith('--config.dataset=') for a in args)  # a small dataset of its own: all its examples
+if args[:1] == ['-m'] and args[1] in {SHRUNK!r} and config.startswith('configs/digits.py'):
+  args += {SHRINK_EPOCHS!r} if own_data else {SHRINK_STUDY!r} if config.endswith(':study') else {SHRINK!r}
 os.execv(sys.executable, [sys.executable, *args])
 '''
 
