@@ -17,6 +17,7 @@ from PIL import Image
 
 from aws_jax import augment, data, datasets
 from aws_jax import train as train_lib
+from aws_jax.data import streamed
 from aws_jax.errors import UserError
 import fakes
 
@@ -469,7 +470,7 @@ def _epoch(dataset, seed, **kwargs) -> tuple[np.ndarray, np.ndarray]:
 
 def test_imagenet_streams_from_prepared_tfds_data(fake_imagenet):
   dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
-  assert isinstance(dataset, data.StreamedDataset) and dataset.name == 'imagenet2012' and not dataset.in_memory
+  assert isinstance(dataset, streamed.StreamedDataset) and dataset.name == 'imagenet2012' and not dataset.in_memory
   assert dataset.resident('train') == dataset.resident('test') == ()
   assert dataset.num_classes == 1000 and dataset.augmentation == 'none' and dataset.image_shape == (224, 224, 3)
   assert dataset.num_train == 11 and dataset.num_test == 5
@@ -495,8 +496,8 @@ def test_imagenet_train_batches_are_a_seeded_permutation_of_augmented_examples(f
 def test_imagenet_batches_of_several_seeds_stack_each_seeds_own_and_resume_at_a_step(fake_imagenet, monkeypatch):
   dataset = data.load('imagenet2012', data_dir=fake_imagenet[0])
   decoded = []
-  real_example = data.streamed._imagenet_train_example
-  monkeypatch.setattr(data.streamed, '_imagenet_train_example', lambda *args: decoded.append(1) or real_example(*args))
+  real_example = streamed._imagenet_train_example
+  monkeypatch.setattr(streamed, '_imagenet_train_example', lambda *args: decoded.append(1) or real_example(*args))
   together = list(dataset.train_batches(4, seeds=(1, 2), phase=0, epoch=0))
   assert [images.shape for images, _, _ in together] == [(2, 4, 224, 224, 3)] * 2
   for seed_index, seed in enumerate((1, 2)):
@@ -513,7 +514,7 @@ def test_imagenet_train_example_is_torchvisions_random_resized_crop_then_flip():
   image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
   flips = []
   for seed in range(8):
-    out = data.streamed._imagenet_train_example({'image': fakes.encode(image, 'PNG'), 'label': 7},
+    out = streamed._imagenet_train_example({'image': fakes.encode(image, 'PNG'), 'label': 7},
                                      np.random.default_rng(seed))
     assert out['label'] == 7 and out['label'].dtype == np.int32
     rng = np.random.default_rng(seed)  # replays the draws: the box (scale (0.08, 1)), then the flip
@@ -597,8 +598,8 @@ def test_protocol_trains_on_streamed_imagenet(fake_imagenet, tmp_path, monkeypat
   config.final.update({'epochs': 1, 'modes': ('signed',), 'seeds': (2,)})
   config.barrier.update({'psi_reset': False, 'lmc': False, 'sgd_noise': False})
   decoded = []
-  real_example = data.streamed._imagenet_train_example
-  monkeypatch.setattr(data.streamed, '_imagenet_train_example', lambda *args: decoded.append(1) or real_example(*args))
+  real_example = streamed._imagenet_train_example
+  monkeypatch.setattr(streamed, '_imagenet_train_example', lambda *args: decoded.append(1) or real_example(*args))
   monkeypatch.setattr(data.files, '_to_arrays', lambda source: pytest.fail('a streamed split was read whole'))
   results = protocol.run(config, str(tmp_path))
   assert len(decoded) == 3 * 2 * 4  # streamed: each of 3 epochs decodes its 2 batches of 4, nothing more

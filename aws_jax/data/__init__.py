@@ -7,15 +7,17 @@ large for memory: a `StreamedDataset` streams it (`streamed`). `load` picks by t
 """
 import dataclasses
 import os
-from typing import Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from aws_jax import datasets, sharding, train
-from aws_jax.data import files, streamed
-from aws_jax.data.streamed import StreamedDataset
+from aws_jax.data import files
 from aws_jax.datasets import FACTS
 from aws_jax.errors import UserError
+
+if TYPE_CHECKING:
+  from aws_jax.data.streamed import StreamedDataset
 
 # normalization='authors': the reference's constants (CIFAR-10's for CIFAR-100, ImageNet's for Tiny-ImageNet).
 AUTHORS_NORMALIZATION = {name: files.pixel_units(facts.constants) for name, facts in FACTS.items()
@@ -119,7 +121,7 @@ def first_examples(dataset: Source, count: int) -> Dataset:
 
 
 def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = False,
-         normalization: str = 'computed') -> Dataset | StreamedDataset:
+         normalization: str = 'computed') -> 'Dataset | StreamedDataset':
   """Loads the dataset `name` (`datasets.facts`): a registered one, or a user's 'folder:PATH' or 'npz:PATH'; one
   that streams as a `StreamedDataset`, the others as a `Dataset`.
 
@@ -130,6 +132,7 @@ def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = 
   """
   facts = datasets.facts(name)
   if facts.streamed:
+    from aws_jax.data import streamed  # pylint: disable=import-outside-toplevel  # grain: only where a dataset streams
     return streamed.load_imagenet(os.fspath(data_dir) if data_dir else files.default_tfds_data_dir())
   arrays = files.LOADERS[facts.files](name, data_dir, download)
   if normalization == 'authors' and name in AUTHORS_NORMALIZATION:
