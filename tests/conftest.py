@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from aws_jax import allocator
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The limit on every subprocess a test starts: a safety net against a hung process, far above what the slowest of
 # them takes on a loaded 2-core machine (no test asserts a wall time).
@@ -15,13 +17,15 @@ SUBPROCESS_TIMEOUT = 1800
 
 def pytest_configure(config):
   """One persistent XLA compilation cache for the session and the CLI runs it starts: same programs, less waiting;
-  the markers."""
+  TCMalloc preloaded for the workers and every process they start, as the CLI restarts itself (aws_jax/allocator.py:
+  faster steps, and no restart per command); the markers."""
   config.addinivalue_line('markers', 'paper_config: a paper config end to end on fake data (minutes each on a CPU)')
   config.addinivalue_line('markers', 'long: a minute or more on 2 cores; scheduled first, so that the others fill in '
                                      'around it')
   os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='aws_jax_xla_cache_'))
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
   os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
+  os.environ.update(allocator.preload_env(os.environ) or {})  # xdist starts its workers after this hook
   if shutil.which('nvidia-smi'):  # NVIDIA GPUs multiply float32 in TF32 by default; the tests' tolerances are float32's
     os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
     # and pick reductions and cuDNN algorithms that may differ run to run; the tests resume bit for bit (README, GPU)

@@ -1,6 +1,7 @@
 """Tests for aws_jax.barrier (interpolation, BatchNorm re-estimation, error curves and barriers) and its command
 line (aws_jax.barrier_command: checkpoints, presets, files; `python -m aws_jax.barrier`)."""
 import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -356,6 +357,22 @@ def test_presets_compare_the_papers_pairs_and_save_json_and_png(digits_run):
     barrier_command.compare(setup, workdir, preset='sgd_noise', seeds=[2])
   with pytest.raises(UserError, match='has no checkpoint 7'):
     barrier_command.compare(setup, workdir, a='checkpoints/prune:7', b='checkpoints/prune:1')
+
+
+def test_barrier_chunks_benchmark_times_each_chunk_on_the_same_curve(digits_run):
+  """benchmarks/barrier_chunks.py: the α points one at a time and all at once give one curve (within 1e-4 of the
+  loss: vectorised convolutions may sum in another order), each timed."""
+  spec = importlib.util.spec_from_file_location('barrier_chunks', os.path.join(REPO, 'benchmarks',
+                                                                               'barrier_chunks.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  workdir, config, results = digits_run
+  figures = module.measure(config, workdir, 1, (1, 5), repeats=1)
+  assert [len(f['seconds']) for f in figures.values()] == [1, 1]
+  assert all(f['first_s'] > 0 and f['seconds'][0] > 0 for f in figures.values())
+  one, five = (figures[chunk]['curve'] for chunk in (1, 5))
+  assert one['test_error'] == five['test_error'] and one['barrier'] == results['rounds'][1]['psi_reset_barrier']
+  np.testing.assert_allclose(one['test_loss'], five['test_loss'], atol=1e-4)
 
 
 @pytest.mark.parametrize('key, value, fragment', [
