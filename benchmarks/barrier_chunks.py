@@ -8,7 +8,6 @@ alternation. Prints one row per chunk and the largest difference between their c
 points in one program").
 """
 import argparse
-import sys
 import time
 
 import numpy as np
@@ -61,7 +60,6 @@ def main() -> None:
   print(f'largest difference from chunk {chunks[0]}: test error {max(np.abs(e - errors[0]).max() for e in errors):.3g} '
         f'points, test loss {max(np.abs(loss - losses[0]).max() for loss in losses):.3g}; barrier '
         f'{figures[chunks[0]]["curve"]["barrier"]:.2f} points')
-  sys.stdout.flush()
 
 
 if __name__ == '__main__':

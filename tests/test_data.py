@@ -515,7 +515,7 @@ def test_imagenet_train_example_is_torchvisions_random_resized_crop_then_flip():
   flips = []
   for seed in range(8):
     out = streamed._imagenet_train_example({'image': fakes.encode(image, 'PNG'), 'label': 7},
-                                     np.random.default_rng(seed))
+                                           np.random.default_rng(seed))
     assert out['label'] == 7 and out['label'].dtype == np.int32
     rng = np.random.default_rng(seed)  # replays the draws: the box (scale (0.08, 1)), then the flip
     top, left, height, width = augment.random_box(rng, 300, 400, (0.08, 1.0))

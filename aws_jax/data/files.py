@@ -95,7 +95,7 @@ def default_tfds_data_dir() -> str:
 
 def version_dir(name: str, data_dir: str) -> pathlib.Path:
   """Where TFDS keeps the prepared current version of `name`."""
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  # 0.2 s: only where TFDS reads
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel  # heavy: only where TFDS reads
   return pathlib.Path(data_dir) / name / str(tfds.builder_cls(name).VERSION)
 
 
