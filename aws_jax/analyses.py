@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from aws_jax import barrier, conv, pruning, reporting, sharding, timing, train
 from aws_jax import config as config_lib
@@ -209,12 +210,19 @@ def _sign_changes(setup: Setup, network: Network) -> dict:
   """How the surviving prunable weights' signs moved: since initialisation and since the previous round."""
   state = network.state
   since_init = pruning.sign_changes(state.init_params, state.params, state.mask, setup.prunable)
-  alive_before = jax.tree.map(lambda s, m: jnp.where(m, s, 0).astype(s.dtype), network.previous_signs, state.mask)
+  alive_before = jax.tree.map(lambda s, m: np.where(m, s, 0).astype(s.dtype),  # on the host, as sign_flips
+                              *jax.device_get((network.previous_signs, state.mask)))
   since_previous = pruning.sign_flips(alive_before, state.params, setup.prunable)
   return {'signs_changed_from_init': since_init['overall'],
           'signs_changed_from_previous': since_previous['overall'],
           'signs_changed_layers': {layer: {'from_init': change, 'from_previous': since_previous['layers'][layer]}
                                    for layer, change in since_init['layers'].items()}}
+
+
+@jax.jit
+def _same_trees(a, b) -> jax.Array:
+  """Whether two trees of the same structure hold equal arrays, in one program."""
+  return jnp.all(jnp.stack([jnp.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]))
 
 
 def pair_curve(setup: Setup, network: Network, other: str) -> dict | None:
@@ -229,7 +237,7 @@ def pair_curve(setup: Setup, network: Network, other: str) -> dict | None:
     a, b = network.state, network.load(other)
     if first != network.name:
       a, b = b, a
-    same_mask = all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a.mask), jax.tree.leaves(b.mask)))
+    same_mask = bool(_same_trees(a.mask, b.mask))
     stored_curve = {'a': first, 'b': second, 'shared_mask': same_mask}
     if same_mask:
       config = setup.config

@@ -9,7 +9,6 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -136,7 +135,7 @@ class Setup:
     key = jax.random.PRNGKey(seed)
     init = jax.jit(train.init_variables, static_argnums=(0, 2))
     params, batch_stats = init(self.model, key, self.dataset.image_shape)
-    init_params = jax.tree.map(jnp.copy, params)  # its own buffers: the step donates params
+    init_params = jax.device_put(params, may_alias=False)  # its own buffers: the step donates params
     return train.create_state(params, batch_stats, pruning.full_mask(params), init_params, tx,
                               jax.random.fold_in(key, 1))
 

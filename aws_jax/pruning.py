@@ -3,8 +3,10 @@
 Every tree here mirrors the model's params: a mask has one boolean array per parameter (all True for leaves that
 are never pruned), a sign tree one int8 array per parameter. The per-leaf *rules* (`prunable_leaves`,
 `norm_leaves`) are trees of Python bools: they are decided by names, once, and stay static under `jax.jit`.
+What runs on a whole tree is jitted: one program per tree, not one per leaf and operation.
 """
 import fractions
+import functools
 import re
 from typing import Any, Sequence
 
@@ -40,6 +42,7 @@ def prunable_leaves(params: PyTree, exclude: Sequence[str] = DEFAULT_EXCLUDE) ->
       lambda path, _: path.endswith('kernel') and not any(p.search(path) for p in patterns))
 
 
+@jax.jit
 def full_mask(params: PyTree) -> PyTree:
   """A mask that keeps every weight."""
   return jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
@@ -48,7 +51,7 @@ def full_mask(params: PyTree) -> PyTree:
 def _magnitude(key: jax.Array, params: PyTree, mask: PyTree, prunable: PyTree, fraction: float,
                scope: str) -> PyTree:
   del key
-  return prune_by_score(jax.tree.map(jnp.abs, params), mask, prunable, fraction, scope)
+  return prune_by_score(_magnitudes(params), mask, prunable, fraction, scope)
 
 
 def _random(key: jax.Array, params: PyTree, mask: PyTree, prunable: PyTree, fraction: float, scope: str) -> PyTree:
@@ -61,6 +64,7 @@ def _random(key: jax.Array, params: PyTree, mask: PyTree, prunable: PyTree, frac
 CRITERIA = {'magnitude': _magnitude, 'random': _random}
 
 
+@jax.jit
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
   """Zeroes the pruned weights."""
   return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
@@ -72,12 +76,12 @@ def prune_global_magnitude(params: PyTree, mask: PyTree, prunable: PyTree, fract
   One threshold for all prunable leaves together; ties are broken by position, so exactly that many go.
   Non-prunable leaves keep their mask. Jit-friendly with `prunable` static.
   """
-  return prune_by_score(jax.tree.map(jnp.abs, params), mask, prunable, fraction, 'global')
+  return prune_by_score(_magnitudes(params), mask, prunable, fraction, 'global')
 
 
 def prune_layerwise_magnitude(params: PyTree, mask: PyTree, prunable: PyTree, fraction: float) -> PyTree:
   """Removes round(fraction · alive in the leaf) from every prunable leaf separately, smallest |w| first."""
-  return prune_by_score(jax.tree.map(jnp.abs, params), mask, prunable, fraction, 'layerwise')
+  return prune_by_score(_magnitudes(params), mask, prunable, fraction, 'layerwise')
 
 
 def prune_random(key: jax.Array, mask: PyTree, prunable: PyTree, fraction: float, scope: str = 'global') -> PyTree:
@@ -95,7 +99,7 @@ def prune_random(key: jax.Array, mask: PyTree, prunable: PyTree, fraction: float
   scores = [None] * len(leaves)
   for i, piece in zip(chosen, _unconcat(ranks, [leaves[i].shape for i in chosen])):
     scores[i] = piece
-  return treedef.unflatten(_prune_lowest(scores, leaves, rules, fraction, scope))
+  return treedef.unflatten(_prune_lowest(scores, leaves, tuple(rules), fraction, scope))
 
 
 def prune_by_score(scores: PyTree, mask: PyTree, prunable: PyTree, fraction: float, scope: str = 'global') -> PyTree:
@@ -107,11 +111,17 @@ def prune_by_score(scores: PyTree, mask: PyTree, prunable: PyTree, fraction: flo
   """
   leaves, treedef = jax.tree.flatten(scores)
   return treedef.unflatten(
-      _prune_lowest(leaves, treedef.flatten_up_to(mask), treedef.flatten_up_to(prunable), fraction, scope))
+      _prune_lowest(leaves, treedef.flatten_up_to(mask), tuple(treedef.flatten_up_to(prunable)), fraction, scope))
 
 
-def _prune_lowest(scores: list, masks: list, rules: list, fraction: float, scope: str) -> list:
-  """`prune_by_score` on flat lists of leaves; the scores of non-prunable leaves are never read."""
+@jax.jit
+def _magnitudes(params: PyTree) -> PyTree:
+  return jax.tree.map(jnp.abs, params)
+
+
+@functools.partial(jax.jit, static_argnames=('rules', 'fraction', 'scope'))
+def _prune_lowest(scores: list, masks: list, rules: tuple, fraction: float, scope: str) -> list:
+  """`prune_by_score` on flat lists of leaves, one program; the scores of non-prunable leaves are never read."""
   if scope not in ('global', 'layerwise'):
     raise ValueError(f"scope must be 'global' or 'layerwise', not {scope!r}")
   chosen = [i for i, rule in enumerate(rules) if rule]
@@ -169,6 +179,7 @@ def _times_fraction(count: jax.Array, fraction: float) -> jax.Array:
   return p * whole + (2 * p * rest + q) // (2 * q)
 
 
+@jax.jit
 def signs(params: PyTree, mask: PyTree) -> PyTree:
   """The signed mask s ∈ {−1, 0, +1} (int8): 0 where pruned, else the weight's sign (+1 for an alive zero)."""
   return jax.tree.map(
@@ -209,8 +220,14 @@ def random_mask_like(key: jax.Array, mask: PyTree, prunable: PyTree) -> PyTree:
 
 def signed_mask_transfer(fresh_params: PyTree, signed_mask: PyTree, is_norm: PyTree) -> PyTree:
   """Puts a signed mask on a fresh initialisation: |w_fresh| · s for every non-norm leaf; ψ stays fresh."""
-  return jax.tree.map(
-      lambda p, s, norm: p if norm else jnp.abs(p) * s.astype(p.dtype), fresh_params, signed_mask, is_norm)
+  leaves, treedef = jax.tree.flatten(fresh_params)
+  return treedef.unflatten(
+      _transfer(leaves, treedef.flatten_up_to(signed_mask), tuple(treedef.flatten_up_to(is_norm))))
+
+
+@functools.partial(jax.jit, static_argnames='norms')
+def _transfer(params: list, signed: list, norms: tuple) -> list:
+  return [p if norm else jnp.abs(p) * s.astype(p.dtype) for p, s, norm in zip(params, signed, norms)]
 
 
 def interpolate_norm(params: PyTree, init_params: PyTree, alpha, is_norm: PyTree) -> PyTree:
@@ -269,6 +286,7 @@ def sign_flip_fraction(signed: PyTree, params: PyTree, leaves: PyTree) -> jax.Ar
   return flipped / jnp.maximum(total, 1).astype(jnp.float32)
 
 
+@jax.jit
 def mask_from_signs(signed: PyTree) -> PyTree:
   """The mask a signed mask implies: s ≠ 0 (all True on leaves that were never pruned)."""
   return jax.tree.map(lambda s: s != 0, signed)

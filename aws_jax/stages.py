@@ -6,7 +6,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 
 from aws_jax import analyses, pruning, reporting, starts, timing, train
 from aws_jax import config as config_lib
@@ -171,8 +170,9 @@ def prune_and_rewind(setup: Setup, state: train.TrainState, method: str, round_i
                                             config_lib.round_fraction(config, method), config.prune.scope)
   source = state if target is None else target
   params = pruning.apply_mask(source.params, mask)
-  batch_stats = jax.tree.map(jnp.copy, source.batch_stats)
-  return setup.place(state.replace(params=params, batch_stats=batch_stats, mask=mask, opt_state=tx.init(params)), tx)
+  batch_stats = jax.device_put(source.batch_stats, may_alias=False)
+  return setup.place(
+      state.replace(params=params, batch_stats=batch_stats, mask=mask, opt_state=jax.jit(tx.init)(params)), tx)
 
 
 # --- Final stage. -------------------------------------------------------------------------------------------------
@@ -204,12 +204,12 @@ def start_state(setup: Setup, start: str, signed, seed: int, tx, source: train.T
     raise UserError(f'start {start!r} needs the trained source network, which a signs file does not hold: drop it '
                     f'from the starts, or run from the pruning workdir')
   if entry.needs_source:
-    source = jax.tree.map(jnp.copy, source)  # its own buffers: the step donates its state
+    source = jax.device_put(source, may_alias=False)  # its own buffers: the step donates its state
   inputs = starts.StartInputs(fresh=setup.fresh_state(seed, tx), signed=signed, source=source,
                               key=jax.random.fold_in(jax.random.PRNGKey(seed), START_KEY), is_norm=setup.is_norm,
                               prunable=setup.prunable)
   state = entry.build(inputs)
-  return setup.place(state.replace(opt_state=tx.init(state.params)), tx)
+  return setup.place(state.replace(opt_state=jax.jit(tx.init)(state.params)), tx)
 
 
 def final_stage(setup: Setup, rundir: RunDir, source_round: int | None, start_names, seeds,

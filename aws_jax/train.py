@@ -55,9 +55,9 @@ def init_variables(model: nn.Module, key: jax.Array, image_shape) -> tuple[Any, 
 
 def create_state(params, batch_stats, mask, init_params, tx: optax.GradientTransformation,
                  rng: jax.Array) -> TrainState:
-  """A state at step 0 with a fresh optimizer."""
+  """A state at step 0 with a fresh optimizer (its state made in one program)."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), mask=mask, init_params=init_params, rng=rng)
+                    opt_state=jax.jit(tx.init)(params), mask=mask, init_params=init_params, rng=rng)
 
 
 def cast(tree, dtype):
