@@ -71,6 +71,11 @@ def put(x, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
+def copy(tree):
+  """`tree`'s arrays in buffers of their own, placed as they are (on any number of hosts): a step may donate them."""
+  return jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), tree)
+
+
 def put_state(state, shardings):
   """`state` placed on the mesh as `shardings` say."""
   return jax.tree.map(put, state, shardings)

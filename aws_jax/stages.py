@@ -7,7 +7,7 @@ import time
 
 import jax
 
-from aws_jax import analyses, pruning, reporting, starts, timing, train
+from aws_jax import analyses, pruning, reporting, sharding, starts, timing, train
 from aws_jax import config as config_lib
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.engine import Setup
@@ -170,7 +170,7 @@ def prune_and_rewind(setup: Setup, state: train.TrainState, method: str, round_i
                                             config_lib.round_fraction(config, method), config.prune.scope)
   source = state if target is None else target
   params = pruning.apply_mask(source.params, mask)
-  batch_stats = jax.device_put(source.batch_stats, may_alias=False)
+  batch_stats = sharding.copy(source.batch_stats)
   return setup.place(
       state.replace(params=params, batch_stats=batch_stats, mask=mask, opt_state=jax.jit(tx.init)(params)), tx)
 
@@ -204,7 +204,7 @@ def start_state(setup: Setup, start: str, signed, seed: int, tx, source: train.T
     raise UserError(f'start {start!r} needs the trained source network, which a signs file does not hold: drop it '
                     f'from the starts, or run from the pruning workdir')
   if entry.needs_source:
-    source = jax.device_put(source, may_alias=False)  # its own buffers: the step donates its state
+    source = sharding.copy(source)  # the step donates its state
   inputs = starts.StartInputs(fresh=setup.fresh_state(seed, tx), signed=signed, source=source,
                               key=jax.random.fold_in(jax.random.PRNGKey(seed), START_KEY), is_norm=setup.is_norm,
                               prunable=setup.prunable)
