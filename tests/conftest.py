@@ -48,10 +48,11 @@ def without_times(record):
 
 
 def tiny_digits_config(**overrides):
-  """configs/digits.py shrunk to a few seconds of training, its barriers to 3 points re-estimating BatchNorm on 4
-  batches; `overrides` use dotted keys."""
+  """configs/digits.py shrunk to a few seconds of training (on its first TINY_EXAMPLES training images), its
+  barriers to 3 points re-estimating BatchNorm on 4 batches; `overrides` use dotted keys."""
   from aws_jax import cli  # pylint: disable=import-outside-toplevel
   config = cli.get_config(os.path.join(REPO, 'configs', 'digits.py'))
+  config.train_examples = TINY_EXAMPLES
   config.prune.warmup_epochs = 3
   config.prune.rounds = 3
   config.prune.round_epochs = 2
@@ -70,9 +71,13 @@ def tiny_digits_config(**overrides):
   return config
 
 
-TINY_FLAGS = ('--config.prune.warmup_epochs=3', '--config.prune.rounds=3', '--config.prune.round_epochs=2',
-              '--config.final.epochs=4', '--config.final.seeds=(2,)', '--config.checkpoint_every_epochs=2',
-              '--config.barrier.points=3', '--config.barrier.bn_batches=4', '--config.progress=False')
+# Six batches of 64 an epoch, for tests that assert what a run writes and how it resumes; those that assert how well
+# a network learns train on all of digits' training images (train_examples=0).
+TINY_EXAMPLES = 384
+TINY_FLAGS = (f'--config.train_examples={TINY_EXAMPLES}', '--config.prune.warmup_epochs=3', '--config.prune.rounds=3',
+              '--config.prune.round_epochs=2', '--config.final.epochs=4', '--config.final.seeds=(2,)',
+              '--config.checkpoint_every_epochs=2', '--config.barrier.points=3', '--config.barrier.bn_batches=4',
+              '--config.progress=False')
 
 
 def cli_command(workdir, *flags, config='configs/digits.py'):

@@ -89,7 +89,7 @@ def test_a_run_that_saved_nothing_can_be_rerun_with_another_config(tmp_path):
   diverged = run_cli(tmp_path, '--config.optimizer.lr=1e30')
   assert_one_line_error(diverged, 'loss became', 'lower --config.optimizer.lr')
   config = tiny_digits_config(**{'prune.warmup_epochs': 1, 'prune.rounds': 0, 'stage': 'prune',
-                                 'barrier.psi_reset': False})
+                                 'barrier.psi_reset': False, 'train_examples': 0})
   results = protocol.run(config, str(tmp_path))
   assert results['rounds'][0]['test_accuracy'] > 0.5
 

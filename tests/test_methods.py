@@ -59,7 +59,7 @@ def test_imp_rewinds_the_alive_weights_to_their_initial_values(tmp_path, method)
 
 
 def test_imp_wr_rewinds_to_the_warm_up_epoch_and_resumes_bit_identically(tmp_path, monkeypatch):
-  overrides = {'method': 'imp_wr', 'prune.rewind_epoch': 1}
+  overrides = {'method': 'imp_wr', 'prune.rewind_epoch': 1, 'train_examples': 0}  # the stop below: mid round 1
   config, workdir, results = run(tmp_path, 'whole', **overrides)
   setup, rewind_point = restore(config, workdir, 'rewind', 1)
   _, warmed_up = restore(config, workdir, 'prune', 0)

@@ -18,10 +18,11 @@ from aws_jax.errors import UserError
 from aws_jax.rundir import Lock, RunDir, StudyDir
 from conftest import REPO, SUBPROCESS_TIMEOUT
 
-# configs/digits.py:study shrunk to a couple of minutes: 2 rounds, 2-epoch final trainings, cheap ψ-reset barriers.
-TINY_STUDY = {'prune.warmup_epochs': 2, 'prune.rounds': 2, 'prune.round_epochs': 1, 'final.epochs': 2,
-              'checkpoint_every_epochs': 2, 'barrier.points': 3, 'barrier.bn_batches': 2, 'progress': False,
-              'study.seeds': (2, 3)}
+# configs/digits.py:study shrunk to a couple of minutes: 256 training images, 2 rounds, 2-epoch final trainings, cheap
+# ψ-reset barriers.
+TINY_STUDY = {'train_examples': 256, 'prune.warmup_epochs': 2, 'prune.rounds': 2, 'prune.round_epochs': 1,
+              'final.epochs': 2, 'checkpoint_every_epochs': 2, 'barrier.points': 3, 'barrier.bn_batches': 2,
+              'progress': False, 'study.seeds': (2, 3)}
 STARTS = ('signed', 'signed_keep_norm', 'mask', 'dense')
 TRAINED = ('signed', 'signed_keep_norm', 'mask', 'retrain')  # retrain: the LMC barrier's reference
 
