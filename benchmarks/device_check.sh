@@ -82,7 +82,7 @@ if [[ $SMOKE == 1 ]]; then
     tests/test_conv.py -k 'compiler_options_compile'
   bench step_small_cnn 90 --only=step --smoke --model=small_cnn --batch=8 --steps=2 --repeats=1 --profile
   bench seeds 90 --only=seeds --smoke
-  STUDY=(--config.prune.warmup_epochs=1 --config.prune.rounds=1
+  STUDY=(--config.train_examples=256 --config.prune.warmup_epochs=1 --config.prune.rounds=1
          --config.prune.round_epochs=1 --config.final.epochs=1 "--config.study.methods=('aws',)"
          "--config.study.starts=('signed',)" "--config.study.seeds=(2,)" --config.barrier.points=2
          --config.barrier.bn_batches=1 --config.progress=False)

@@ -22,10 +22,11 @@ from conftest import (REPO, SUBPROCESS_TIMEOUT, cli_command, run_cli, tensorboar
                       without_times)
 from test_protocol import assert_one_line_error
 
-# A short run (8 epochs of 22 steps) with a checkpoint every 10 steps: no ψ-reset barriers, one final start.
-FAULT_FLAGS = ('--config.prune.warmup_epochs=2', '--config.prune.rounds=2', '--config.prune.round_epochs=1',
-               '--config.barrier.psi_reset=False', '--config.final.modes=("signed",)', '--config.final.epochs=4',
-               '--config.checkpoint_every_steps=10')
+# A short run (8 epochs of 22 steps: all of digits' training images) with a checkpoint every 10 steps, many moments to
+# kill at: no ψ-reset barriers, one final start.
+FAULT_FLAGS = ('--config.train_examples=0', '--config.prune.warmup_epochs=2', '--config.prune.rounds=2',
+               '--config.prune.round_epochs=1', '--config.barrier.psi_reset=False', '--config.final.modes=("signed",)',
+               '--config.final.epochs=4', '--config.checkpoint_every_steps=10')
 
 
 def test_bad_input_is_answered_before_jax_is_imported(tmp_path):
