@@ -65,8 +65,9 @@ def test_a_command_is_refused_on_a_directory_another_command_is_using(tmp_path, 
 def test_a_study_is_refused_while_main_runs(tmp_path):
   """The case a user met: `study` started on the workdir of a running `main`."""
   workdir = tmp_path / 'w'
-  main = subprocess.Popen(cli_command(workdir, '--config.prune.rounds=8'), cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  # All of digits' images and 8 rounds: still running when the study below starts, on a loaded machine too.
+  main = subprocess.Popen(cli_command(workdir, '--config.prune.rounds=8', '--config.train_examples=0'), cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT
     while not (workdir / 'config.json').exists():  # written under the lock, once the run has started

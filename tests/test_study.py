@@ -376,7 +376,8 @@ def test_parallel_runs_the_pruning_seeds_at_once_stops_on_sigterm_and_resumes(tm
   checkpoint; the same command resumes and writes the combined tables, after which the full grid trains nothing
   more; a study that needs a directory in use is refused on one line."""
   overrides = {'study.methods': ('aws',), 'study.starts': ('signed', 'mask', 'dense'), 'barrier.lmc': False,
-               'barrier.sgd_noise': False, 'barrier.psi_reset': False, 'prune.rounds': 2}
+               'barrier.sgd_noise': False, 'barrier.psi_reset': False, 'prune.rounds': 2,
+               'train_examples': 0}  # rounds long enough for the SIGTERM below to land before round 2 ends
   workdir, seed = tmp_path / 'study', study_config().seed
   both = {**overrides, 'study.pruning_seeds': (seed, seed + 6)}
   command = [sys.executable, '-m', 'aws_jax.study', f'--config={REPO}/configs/digits.py:study', f'--workdir={workdir}',
