@@ -25,11 +25,16 @@ def expected_alive(total: int, rounds: int) -> list[int]:
   return alive
 
 
+# The module's run trains on all of digits' training images: its accuracies are asserted (the dense warm-up learns
+# digits; the signed transfer, calibrated on them, ends close to dense). The tests that go on in its workdir do too.
+ALL_IMAGES = {'train_examples': 0}
+
+
 @pytest.fixture(scope='module')
 def digits_run(tmp_path_factory):
   """One whole tiny AWS protocol on digits (all three final modes), run in-process."""
   workdir = str(tmp_path_factory.mktemp('digits'))
-  config = tiny_digits_config()
+  config = tiny_digits_config(**ALL_IMAGES)
   return workdir, config, protocol.run(config, workdir)
 
 
@@ -132,7 +137,7 @@ def test_metrics_and_tensorboard_are_written(digits_run):
 
 def test_final_stage_alone_reuses_the_pruning_checkpoints(digits_run, tmp_path):
   workdir, config, results = digits_run
-  config = tiny_digits_config(stage='final', **{'final.source_round': 1, 'final.modes': ('mask',)})
+  config = tiny_digits_config(stage='final', **{'final.source_round': 1, 'final.modes': ('mask',)}, **ALL_IMAGES)
   again = protocol.run(config, workdir)
   assert again['rounds'] == results['rounds']
   modes = [(f['mode'], f['source_round']) for f in again['final']]
@@ -168,7 +173,7 @@ def test_finals_without_retrain_leave_no_empty_checkpoint_directories(digits_run
   networks get checkpoint directories, each with its finished checkpoint."""
   workdir = tmp_path / 'run'
   shutil.copytree(digits_run[0], workdir)
-  config = tiny_digits_config(stage='final', **{'final.modes': ('signed',), 'final.seeds': (2, 3)})
+  config = tiny_digits_config(stage='final', **{'final.modes': ('signed',), 'final.seeds': (2, 3)}, **ALL_IMAGES)
   results = protocol.run(config, str(workdir))
   assert ('signed', 3) in [(f['mode'], f['seed']) for f in results['final']]
   root = os.path.dirname(RunDir(str(workdir)).checkpoints('x'))
@@ -219,7 +224,7 @@ def test_bad_config_values_are_refused(overrides, fragments):
 def test_workdir_of_another_config_is_refused_unless_overwrite(digits_run, tmp_path):
   workdir = digits_run[0]
   before = open(RunDir(workdir).results).read()
-  result = run_cli(workdir, '--config.prune.fraction=0.3')
+  result = run_cli(workdir, '--config.prune.fraction=0.3', '--config.train_examples=0')
   assert_one_line_error(result, 'prune.fraction', 'overwrite')
   assert open(RunDir(workdir).results).read() == before
 
@@ -242,7 +247,7 @@ def test_final_stage_from_a_round_never_reached(tmp_path):
 
 def test_checkpoint_of_another_model_is_refused(digits_run):
   workdir, config, _ = digits_run
-  other = tiny_digits_config(model='resnet20')
+  other = tiny_digits_config(model='resnet20', **ALL_IMAGES)
   setup = engine.make_setup(other)
   tx = setup.optimizer('constant', other.prune.round_epochs)
   checkpoints = Checkpoints(RunDir(workdir).checkpoints('prune'))
