@@ -135,7 +135,8 @@ class Setup:
     key = jax.random.PRNGKey(seed)
     init = jax.jit(train.init_variables, static_argnums=(0, 2))
     params, batch_stats = init(self.model, key, self.dataset.image_shape)
-    init_params = jax.device_put(params, may_alias=False)  # its own buffers: the step donates params
+    # its own buffers (the step donates params); not sharding.copy: unplaced, and traced by abstract_state
+    init_params = jax.device_put(params, may_alias=False)
     return train.create_state(params, batch_stats, pruning.full_mask(params), init_params, tx,
                               jax.random.fold_in(key, 1))
 

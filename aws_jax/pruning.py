@@ -3,7 +3,8 @@
 Every tree here mirrors the model's params: a mask has one boolean array per parameter (all True for leaves that
 are never pruned), a sign tree one int8 array per parameter. The per-leaf *rules* (`prunable_leaves`,
 `norm_leaves`) are trees of Python bools: they are decided by names, once, and stay static under `jax.jit`.
-What runs on a whole tree is jitted: one program per tree, not one per leaf and operation.
+The functions the protocol calls between jitted steps (masks, signs, magnitude pruning, the signed-mask transfer)
+are jitted themselves: one program per tree, not one per leaf and operation.
 """
 import fractions
 import functools
@@ -116,6 +117,7 @@ def prune_by_score(scores: PyTree, mask: PyTree, prunable: PyTree, fraction: flo
 
 @jax.jit
 def _magnitudes(params: PyTree) -> PyTree:
+  """|w| of every leaf: the scores of magnitude pruning."""
   return jax.tree.map(jnp.abs, params)
 
 
@@ -227,6 +229,7 @@ def signed_mask_transfer(fresh_params: PyTree, signed_mask: PyTree, is_norm: PyT
 
 @functools.partial(jax.jit, static_argnames='norms')
 def _transfer(params: list, signed: list, norms: tuple) -> list:
+  """`signed_mask_transfer` on flat lists of leaves, the norm rules static."""
   return [p if norm else jnp.abs(p) * s.astype(p.dtype) for p, s, norm in zip(params, signed, norms)]
 
 

@@ -213,7 +213,7 @@ def stage_compilations(rounds: int, steps_per_round: int) -> dict:
     if round_index:
       mask = pruning.prune_global_magnitude(state.params, state.mask, setup.prunable, 0.2)
       params = pruning.apply_mask(state.params, mask)
-      state = setup.place(state.replace(params=params, mask=mask, opt_state=tx.init(params)), tx)
+      state = setup.place(state.replace(params=params, mask=mask, opt_state=train.init_optimizer(tx, params)), tx)
     for indices in train.epoch_order(1, round_index, 0, 1437, 64)[:steps_per_round]:
       state, _ = step(state, setup.train_images, setup.train_labels, setup.put_batch(indices))
   return {'rounds': rounds, 'train_step_compilations': step._cache_size()}  # pylint: disable=protected-access

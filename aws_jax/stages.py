@@ -171,8 +171,8 @@ def prune_and_rewind(setup: Setup, state: train.TrainState, method: str, round_i
   source = state if target is None else target
   params = pruning.apply_mask(source.params, mask)
   batch_stats = sharding.copy(source.batch_stats)
-  return setup.place(
-      state.replace(params=params, batch_stats=batch_stats, mask=mask, opt_state=jax.jit(tx.init)(params)), tx)
+  return setup.place(state.replace(params=params, batch_stats=batch_stats, mask=mask,
+                                   opt_state=train.init_optimizer(tx, params)), tx)
 
 
 # --- Final stage. -------------------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def start_state(setup: Setup, start: str, signed, seed: int, tx, source: train.T
                               key=jax.random.fold_in(jax.random.PRNGKey(seed), START_KEY), is_norm=setup.is_norm,
                               prunable=setup.prunable)
   state = entry.build(inputs)
-  return setup.place(state.replace(opt_state=jax.jit(tx.init)(state.params)), tx)
+  return setup.place(state.replace(opt_state=train.init_optimizer(tx, state.params)), tx)
 
 
 def final_stage(setup: Setup, rundir: RunDir, source_round: int | None, start_names, seeds,

@@ -53,11 +53,16 @@ def init_variables(model: nn.Module, key: jax.Array, image_shape) -> tuple[Any, 
   return variables['params'], variables.get('batch_stats', {})
 
 
+def init_optimizer(tx: optax.GradientTransformation, params):
+  """`tx`'s fresh state for `params`, made in one program (not one per leaf and operation)."""
+  return jax.jit(tx.init)(params)
+
+
 def create_state(params, batch_stats, mask, init_params, tx: optax.GradientTransformation,
                  rng: jax.Array) -> TrainState:
-  """A state at step 0 with a fresh optimizer (its state made in one program)."""
+  """A state at step 0 with a fresh optimizer."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=jax.jit(tx.init)(params), mask=mask, init_params=init_params, rng=rng)
+                    opt_state=init_optimizer(tx, params), mask=mask, init_params=init_params, rng=rng)
 
 
 def cast(tree, dtype):
