@@ -375,9 +375,11 @@ def test_parallel_runs_the_pruning_seeds_at_once_stops_on_sigterm_and_resumes(tm
   while used), the dense start in the first one's only; SIGTERM reaches every process, which stops with a
   checkpoint; the same command resumes and writes the combined tables, after which the full grid trains nothing
   more; a study that needs a directory in use is refused on one line."""
+  # Rounds of 4 epochs on all of digits' images: the SIGTERM below lands before round 2 ends, even where one process
+  # ended its warm-up seconds before the other (a loaded machine).
   overrides = {'study.methods': ('aws',), 'study.starts': ('signed', 'mask', 'dense'), 'barrier.lmc': False,
-               'barrier.sgd_noise': False, 'barrier.psi_reset': False, 'prune.rounds': 2,
-               'train_examples': 0}  # rounds long enough for the SIGTERM below to land before round 2 ends
+               'barrier.sgd_noise': False, 'barrier.psi_reset': False, 'prune.rounds': 2, 'prune.round_epochs': 4,
+               'train_examples': 0}
   workdir, seed = tmp_path / 'study', study_config().seed
   both = {**overrides, 'study.pruning_seeds': (seed, seed + 6)}
   command = [sys.executable, '-m', 'aws_jax.study', f'--config={REPO}/configs/digits.py:study', f'--workdir={workdir}',
