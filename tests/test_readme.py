@@ -4,9 +4,9 @@ A block runs when the line before its ```bash fence is MARKER (README.md explain
 runs in bash from a directory holding a copy of configs/, with its paths and flags as written. `python` there is a
 small wrapper that appends SHRINK's overrides to runs of the digits configs on digits (fewer training examples,
 epochs and barrier points; the same rounds and final epochs, so the checkpoints the README names exist; studies,
-SHRINK_STUDY's: also fewer rounds, final epochs and seeds; on a dataset of the README's own, SHRINK_EPOCHS': all its
-examples), which keeps the whole README to a few minutes on 2 cores; nothing else is added. The commands must also
-be quiet: no library log lines.
+SHRINK_STUDY's: also fewer rounds, final epochs, starts and seeds; on a dataset of the README's own,
+SHRINK_EPOCHS': all its examples), which keeps the whole README to a few minutes on 2 cores; nothing else is added.
+The commands must also be quiet: no library log lines.
 """
 import os
 import re
@@ -23,6 +23,7 @@ SHRINK_EPOCHS = ('--config.prune.warmup_epochs=2', '--config.prune.round_epochs=
                  '--config.progress=False')
 SHRINK = ('--config.train_examples=128', *SHRINK_EPOCHS)
 SHRINK_STUDY = (*SHRINK, '--config.prune.rounds=2', '--config.final.epochs=2', '--config.checkpoint_every_epochs=2',
+                "--config.study.starts=('signed', 'dense')",  # a start of each kind: from a pruning run, and not
                 '--config.study.seeds=(2, 3)')  # two seeds: a difference's interval and an SGD-noise pair still exist
 SHRUNK = ('aws_jax.main', 'aws_jax.study', 'aws_jax.barrier', 'aws_jax.signs')  # the commands that read --config
 
