@@ -8,6 +8,16 @@ import pytest
 from aws_jax import cli
 from conftest import REPO
 
+
+def _benchmark(name: str):
+  """benchmarks/NAME.py as a module."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'benchmarks', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 TORCH_BASELINE = os.path.join(REPO, 'benchmarks', 'torch_baseline.py')
 
 # The one JSON line of benchmarks/torch_baseline.py, key for key as the authors'-way reference script prints it.
@@ -142,11 +152,7 @@ def test_step_with_each_installed_onednn_library_runs_in_a_process_of_its_own():
 
 def test_onednn_primitives_sums_verbose_lines_of_either_oneDNN_per_step():
   """benchmarks/onednn_primitives.py reads oneDNN 2.x and 3.x verbose lines alike (shapes shortened here)."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location('onednn_primitives', os.path.join(REPO, 'benchmarks',
-                                                                                  'onednn_primitives.py'))
-  primitives = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(primitives)
+  primitives = _benchmark('onednn_primitives')
   v2 = ['onednn_verbose,info,cpu,runtime:OpenMP',
         'onednn_verbose,exec,cpu,convolution,jit:avx512_core,forward_training,src_f32::blocked:acdb:f0,,'
         'alg:convolution_direct,mb8_ic3oc16_ih32,2.0',
@@ -164,3 +170,25 @@ def test_onednn_primitives_sums_verbose_lines_of_either_oneDNN_per_step():
       'jit:avx512_core', 'brg_conv_fwd:avx512_core'}
   assert '| convolution | backward_data | convolution_winograd | 1.0 |' in primitives.table(
       {'system': (ms, implementations, steps)})
+
+
+def test_suite_profile_adds_each_tests_processes_to_its_own_cpu():
+  """benchmarks/suite_profile.py: a test's CPU is its own plus its processes'; pytest's own processes count only in
+  the event totals; commands are named by module."""
+  profile = _benchmark('suite_profile')
+  assert [profile.command_name(a) for a in (['/r/aws_jax/main.py'], ['/r/aws_jax/study/__main__.py'], ['-c'],
+                                             ['/venv/bin/pytest'])] == ['aws_jax.main', 'aws_jax.study',
+                                                                         'python -c', 'pytest']
+  miss = 'compilation (cache misses)'
+  records = [
+      {'kind': 'test', 'test': 't::a', 'cpu': 1.5},
+      {'kind': 'test', 'test': 't::b', 'cpu': 0.25},
+      {'kind': 'process', 'argv': ['/r/aws_jax/main.py'], 'cpu': 3.0, 'test': 't::a', 'seconds': {miss: 2.0}},
+      {'kind': 'process', 'argv': ['/r/aws_jax/main.py'], 'cpu': 2.0, 'test': 't::a', 'seconds': {'tracing': 0.5}},
+      {'kind': 'process', 'argv': ['-c'], 'cpu': 9.0, 'test': '', 'seconds': {miss: 4.0, 'tracing': 1.0}}]
+  summary = profile.summarize(records)
+  assert summary['tests'] == {'t::a': {'cpu': 6.5, 'processes': 2, 'compile_misses_s': 2.0},
+                              't::b': {'cpu': 0.25, 'processes': 0, 'compile_misses_s': 0.0}}
+  assert summary['commands'] == {'aws_jax.main': {'cpu': 5.0, 'processes': 2}}
+  assert summary['seconds'] == {miss: 6.0, 'tracing': 1.5}
+  assert (summary['processes'], summary['in_process_cpu']) == (3, 1.75)
