@@ -5,10 +5,10 @@ seconds spent compiling, tracing, lowering and checkpointing.
 
 Runs `python -m pytest -q PYTEST_ARGS` with a `sitecustomize` on PYTHONPATH that, in every Python process the suite
 starts, listens to JAX's monitoring events and writes one JSON line at exit (its CPU seconds, the test that started
-it, the events' seconds), and a pytest plugin that writes each test's CPU inside the workers. Processes killed by a
-signal write nothing, nor do those started with an environment of their own. Event seconds are the wall seconds of
-the thread that waited on them, so on a loaded machine they overstate the CPU they took. docs/speed.md, "The test
-suite's time", has what it printed.
+it, the events' seconds), and a pytest plugin that writes each test's CPU and compilation seconds inside the
+workers. Processes killed by a signal write nothing, nor do those started with an environment of their own. Event
+seconds are the wall seconds of the thread that waited on them, so on a loaded machine they overstate the CPU they
+took. docs/speed.md, "The test suite's time", has what it printed.
 """
 import collections
 import json
@@ -61,15 +61,17 @@ atexit.register(_record)
 PLUGIN = '''
 import json, os, resource
 import pytest
-def _cpu():
+import sitecustomize
+def _now():
   usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
+  return usage.ru_utime + usage.ru_stime, sitecustomize._seconds['compilation (cache misses)']
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-  start = _cpu()
+  cpu, compiling = _now()
   yield
   with open(os.environ['AWS_JAX_SUITE_PROFILE'], 'a') as f:
-    f.write(json.dumps({'kind': 'test', 'test': item.nodeid, 'cpu': _cpu() - start}) + chr(10))
+    f.write(json.dumps({'kind': 'test', 'test': item.nodeid, 'cpu': _now()[0] - cpu,
+                        'compile_misses_s': _now()[1] - compiling}) + chr(10))
 '''
 
 
@@ -87,14 +89,15 @@ def command_name(argv: list[str]) -> str:
 
 
 def summarize(records: list[dict]) -> dict:
-  """Totals of the JSON lines: CPU per test (in-process plus the processes it started), per command, and the event
-  seconds of every process."""
+  """Totals of the JSON lines: CPU and compilation per test (in-process plus the processes it started), CPU per
+  command, and the event seconds of every process."""
   per_test = collections.defaultdict(lambda: {'cpu': 0.0, 'processes': 0, 'compile_misses_s': 0.0})
   per_command = collections.defaultdict(lambda: {'cpu': 0.0, 'processes': 0})
   seconds = collections.Counter()
   for record in records:
     if record['kind'] == 'test':
       per_test[record['test']]['cpu'] += record['cpu']
+      per_test[record['test']]['compile_misses_s'] += record['compile_misses_s']
       continue
     seconds.update(record['seconds'])
     if not record['test']:  # pytest itself and its workers: their tests are counted by the plugin
@@ -124,9 +127,9 @@ def print_summary(summary: dict, wall: float, cpu: float, top: int = 15) -> None
   for name, c in sorted(summary['commands'].items(), key=lambda kv: -kv[1]['cpu']):
     print(f'  {name:28s} {c["cpu"]:7.1f} s  {c["processes"]:4d} processes')
   print(f'\nthe {top} tests with the most CPU (their own and their processes\'):')
-  print(f'  {"CPU s":>7s} {"procs":>5s} {"compile":>7s}  test')
+  print(f'  {"CPU s":>7s} {"procs":>5s} {"compile s":>9s}  test')
   for name, t in sorted(summary['tests'].items(), key=lambda kv: -kv[1]['cpu'])[:top]:
-    print(f'  {t["cpu"]:7.1f} {t["processes"]:5d} {t["compile_misses_s"]:7.1f}  {name}')
+    print(f'  {t["cpu"]:7.1f} {t["processes"]:5d} {t["compile_misses_s"]:9.1f}  {name}')
 
 
 def main(pytest_args: list[str]) -> int:

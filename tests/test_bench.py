@@ -173,21 +173,21 @@ def test_onednn_primitives_sums_verbose_lines_of_either_oneDNN_per_step():
 
 
 def test_suite_profile_adds_each_tests_processes_to_its_own_cpu():
-  """benchmarks/suite_profile.py: a test's CPU is its own plus its processes'; pytest's own processes count only in
-  the event totals; commands are named by module."""
+  """benchmarks/suite_profile.py: a test's CPU and compilation are its own plus its processes'; pytest's own
+  processes count only in the event totals; commands are named by module."""
   profile = _benchmark('suite_profile')
   assert [profile.command_name(a) for a in (['/r/aws_jax/main.py'], ['/r/aws_jax/study/__main__.py'], ['-c'],
                                              ['/venv/bin/pytest'])] == ['aws_jax.main', 'aws_jax.study',
                                                                          'python -c', 'pytest']
   miss = 'compilation (cache misses)'
   records = [
-      {'kind': 'test', 'test': 't::a', 'cpu': 1.5},
-      {'kind': 'test', 'test': 't::b', 'cpu': 0.25},
+      {'kind': 'test', 'test': 't::a', 'cpu': 1.5, 'compile_misses_s': 0.5},
+      {'kind': 'test', 'test': 't::b', 'cpu': 0.25, 'compile_misses_s': 0.0},
       {'kind': 'process', 'argv': ['/r/aws_jax/main.py'], 'cpu': 3.0, 'test': 't::a', 'seconds': {miss: 2.0}},
       {'kind': 'process', 'argv': ['/r/aws_jax/main.py'], 'cpu': 2.0, 'test': 't::a', 'seconds': {'tracing': 0.5}},
       {'kind': 'process', 'argv': ['-c'], 'cpu': 9.0, 'test': '', 'seconds': {miss: 4.0, 'tracing': 1.0}}]
   summary = profile.summarize(records)
-  assert summary['tests'] == {'t::a': {'cpu': 6.5, 'processes': 2, 'compile_misses_s': 2.0},
+  assert summary['tests'] == {'t::a': {'cpu': 6.5, 'processes': 2, 'compile_misses_s': 2.5},
                               't::b': {'cpu': 0.25, 'processes': 0, 'compile_misses_s': 0.0}}
   assert summary['commands'] == {'aws_jax.main': {'cpu': 5.0, 'processes': 2}}
   assert summary['seconds'] == {miss: 6.0, 'tracing': 1.5}
