@@ -16,7 +16,7 @@ longer); on a GPU the full grid takes minutes.
 `:paper` is the paper's argument (ψ kept or reset, LMC, SGD-noise stability) at 4.04 % of the weights:
   python -m aws_jax.study --config=configs/fashion_mnist.py:paper --workdir=runs/fashion_mnist_paper
 2 × 50 pruning-stage epochs and 27 final trainings of 10 epochs (with barriers after every round and between final
-networks): 73 minutes on 2 CPU cores, 109 s on one H200 GPU; what it measured: README, "Studies".
+networks): 73–82 minutes on 2 CPU cores, 109 s on one H200 GPU; what it measured: README, "Studies".
 """
 from aws_jax.config import base_config, check_preset
 
