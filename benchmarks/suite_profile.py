@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-# What each process records: one JSON line at exit (`record`), its compilations split into cache hits and misses.
+# What each process records: one JSON line at exit (`_record`), its compilations split into cache hits and misses.
 SITECUSTOMIZE = '''
 import atexit, collections, importlib.abc, importlib.util, json, os, resource, sys, threading
 _seconds, _local = collections.Counter(), threading.local()
@@ -69,9 +69,10 @@ def _now():
 def pytest_runtest_protocol(item, nextitem):
   cpu, compiling = _now()
   yield
+  cpu_after, compiling_after = _now()
   with open(os.environ['AWS_JAX_SUITE_PROFILE'], 'a') as f:
-    f.write(json.dumps({'kind': 'test', 'test': item.nodeid, 'cpu': _now()[0] - cpu,
-                        'compile_misses_s': _now()[1] - compiling}) + chr(10))
+    f.write(json.dumps({'kind': 'test', 'test': item.nodeid, 'cpu': cpu_after - cpu,
+                        'compile_misses_s': compiling_after - compiling}) + chr(10))
 '''
 
 

@@ -23,7 +23,7 @@ SHRINK_EPOCHS = ('--config.prune.warmup_epochs=2', '--config.prune.round_epochs=
                  '--config.progress=False')
 SHRINK = ('--config.train_examples=128', *SHRINK_EPOCHS)
 SHRINK_STUDY = (*SHRINK, '--config.prune.rounds=2', '--config.final.epochs=2', '--config.checkpoint_every_epochs=2',
-                "--config.study.starts=('signed', 'dense')",  # a start of each kind: from a pruning run, and not
+                "--config.study.starts=('signed', 'dense')",  # one start from the pruning runs, one from none
                 '--config.study.seeds=(2, 3)')  # two seeds: a difference's interval and an SGD-noise pair still exist
 SHRUNK = ('aws_jax.main', 'aws_jax.study', 'aws_jax.barrier', 'aws_jax.signs')  # the commands that read --config
 
