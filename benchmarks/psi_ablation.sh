@@ -9,7 +9,7 @@
 # psi_reset_barrier.png, ...), OUT/study.log and OUT/summary.json (exit status and seconds).
 #
 # Usage: benchmarks/psi_ablation.sh [--smoke] [OUT]        (OUT default: runs/psi_ablation)
-#   --smoke: on CPU, digits, one round, one seed, two pruning seeds: checks the script itself
+#   --smoke: on CPU, digits, AWS alone, one round, one seed, two pruning seeds: checks the script itself
 #   (tests/test_device_check.py).
 # On a lent GPU machine the same wheels and data as benchmarks/device_check.sh must travel (see its header).
 set -uo pipefail
@@ -35,7 +35,8 @@ VARIANTS="(('psi_decayed', {}), ('psi_not_decayed', {'optimizer.norm_weight_deca
 if [[ $SMOKE == 1 ]]; then
   CONFIG=configs/digits.py:study
   GRID=(--config.prune.warmup_epochs=1 --config.prune.rounds=1 --config.prune.round_epochs=1 --config.final.epochs=1
-        --config.train_examples=256 "--config.study.starts=('signed', 'signed_keep_norm')" "--config.study.seeds=(2,)"
+        --config.train_examples=256 "--config.study.methods=('aws',)"
+        "--config.study.starts=('signed', 'signed_keep_norm')" "--config.study.seeds=(2,)"
         "--config.study.pruning_seeds=(1, 2)" --config.barrier.points=2 --config.barrier.bn_batches=1)
   LIMIT=600
 else
