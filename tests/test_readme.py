@@ -5,7 +5,8 @@ runs in bash from a directory holding a copy of configs/, with its paths and fla
 small wrapper that appends SHRINK's overrides to runs of the digits configs on digits (fewer training examples,
 epochs and barrier points; the same rounds and final epochs, so the checkpoints the README names exist; studies,
 SHRINK_STUDY's: also fewer rounds, final epochs, starts and seeds; on a dataset of the README's own,
-SHRINK_EPOCHS': all its examples), which keeps the whole README to a few minutes on 2 cores; nothing else is added.
+SHRINK_OWN_DATA's: all its examples, fewer rounds and final epochs), which keeps the whole README to a few minutes on
+2 cores; nothing else is added.
 The commands must also be quiet: no library log lines.
 """
 import os
@@ -22,6 +23,7 @@ MARKER = '<!-- readme-test: run -->'
 SHRINK_EPOCHS = ('--config.prune.warmup_epochs=2', '--config.prune.round_epochs=1', '--config.barrier.points=3',
                  '--config.progress=False')
 SHRINK = ('--config.train_examples=128', *SHRINK_EPOCHS)
+SHRINK_OWN_DATA = (*SHRINK_EPOCHS, '--config.prune.rounds=2', '--config.final.epochs=2')  # it names no checkpoint
 SHRINK_STUDY = (*SHRINK, '--config.prune.rounds=2', '--config.final.epochs=2', '--config.checkpoint_every_epochs=2',
                 "--config.study.starts=('signed', 'dense')",  # one start from the pruning runs, one from none
                 '--config.study.seeds=(2, 3)')  # two seeds: a difference's interval and an SGD-noise pair still exist
@@ -36,7 +38,7 @@ args = sys.argv[1:]
 config = next((a.split('=', 1)[1] for a in args if a.startswith('--config=')), '')
 own_data = any(a.startswith('--config.dataset=') for a in args)  # a small dataset of its own: all its examples
 if args[:1] == ['-m'] and args[1] in {SHRUNK!r} and config.startswith('configs/digits.py'):
-  args += {SHRINK_EPOCHS!r} if own_data else {SHRINK_STUDY!r} if config.endswith(':study') else {SHRINK!r}
+  args += {SHRINK_OWN_DATA!r} if own_data else {SHRINK_STUDY!r} if config.endswith(':study') else {SHRINK!r}
 os.execv(sys.executable, [sys.executable, *args])
 '''
 
