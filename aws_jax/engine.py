@@ -116,8 +116,12 @@ class Setup:
 
   def state_shardings(self, tx):
     """Where each array of a training state with optimizer `tx` lives on the mesh."""
-    abstract = jax.eval_shape(lambda: self._unplaced_state(0, tx))
-    return sharding.state_shardings(self.mesh, abstract, self.config.mesh.fsdp > 1)
+    return self.built(('state_shardings', tx), lambda: sharding.state_shardings(
+        self.mesh, self._state_shapes(tx), self.config.mesh.fsdp > 1))
+
+  def _state_shapes(self, tx):
+    """Shapes and dtypes of a state with optimizer `tx` (every seed's alike), traced once per `tx`."""
+    return self.built(('state_shapes', tx), lambda: jax.eval_shape(lambda: self._unplaced_state(0, tx)))
 
   def epoch_inputs(self, seed: int, phase: int, epoch: int, start: int = 0):
     """The train step's inputs for steps `start`, `start` + 1, … of one epoch; a function of (seed, phase, epoch)."""
@@ -148,10 +152,9 @@ class Setup:
     """`state` (with optimizer `tx`) moved to where the compiled step expects it."""
     return sharding.put_state(state, self.state_shardings(tx))
 
-  def abstract_state(self, seed: int, tx):
-    """Shapes, dtypes and shardings of a state: the target a checkpoint is restored into."""
-    abstract = jax.eval_shape(lambda: self._unplaced_state(seed, tx))
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+  def abstract_state(self, tx):
+    """Shapes, dtypes and shardings of a state with optimizer `tx`: the target a checkpoint is restored into."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self._state_shapes(tx),
                         self.state_shardings(tx))
 
   def abstract_params(self):

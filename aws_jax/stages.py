@@ -63,7 +63,7 @@ def pruning_stage(setup: Setup, rundir: RunDir, method: str, log: reporting.Metr
   rewinds = recipe.rewind == 'warmup'
   with Checkpoints(rundir.checkpoints(PRUNE)) as checkpoints, \
        Checkpoints(rundir.checkpoints('rewind')) if rewinds else contextlib.nullcontext() as rewind:
-    template = setup.abstract_state(config.seed, tx)
+    template = setup.abstract_state(tx)
     done = checkpoints.latest()
     state = setup.fresh_state(config.seed, tx) if done is None else checkpoints.restore(done, template)
     first, last = (0 if done is None else done + 1), config_lib.last_round(config, method)
@@ -192,7 +192,7 @@ def final_source(setup: Setup, rundir: RunDir, source_round: int | None):
       raise UserError(f'pruning round {source_round} was never reached in {rundir.root} (last complete round: '
                       f'{prune_checkpoints.latest()}); run the pruning stage first (--config.stage=prune or all)')
     prune_tx = setup.optimizer('constant', config.prune.round_epochs)
-    source = prune_checkpoints.restore(source_round, setup.abstract_state(config.seed, prune_tx))
+    source = prune_checkpoints.restore(source_round, setup.abstract_state(prune_tx))
   return source, pruning.signs(source.params, source.mask), source_round
 
 
@@ -238,7 +238,7 @@ def analyse_finals(setup: Setup, rundir: RunDir, source_round: int, start_names,
   if not analyses.applicable(setup, 'final'):
     return
   config = setup.config
-  template = setup.abstract_state(config.seed, setup.optimizer(config.final.schedule, config.final.epochs))
+  template = setup.abstract_state(setup.optimizer(config.final.schedule, config.final.epochs))
   loaded = {}
 
   def finished(name: str) -> bool:
@@ -305,7 +305,7 @@ def train_population(setup: Setup, rundir: RunDir, source, signed, source_round:
   epochs = config.final.epochs
   tx = setup.optimizer(config.final.schedule, epochs)
   start_time, timer = time.time(), timing.Timer()
-  template = setup.abstract_state(pending[0], tx)
+  template = setup.abstract_state(tx)
   states = [start_state(setup, start, signed, seed, tx, source) for seed in pending]
   start_signs = {seed: pruning.signs(s.params, s.mask) for seed, s in zip(pending, states)}
   position = None
@@ -316,7 +316,7 @@ def train_population(setup: Setup, rundir: RunDir, source, signed, source_round:
     elif done[pending[0]] > 0:
       states[0] = checkpoints[pending[0]].restore(done[pending[0]], template)
   else:
-    states = [checkpoints[seed].restore(done[seed], setup.abstract_state(seed, tx)) if done[seed] else s
+    states = [checkpoints[seed].restore(done[seed], template) if done[seed] else s
               for seed, s in zip(pending, states)]
   carries_signs = jax.tree.map(lambda norm: not norm, setup.is_norm)
 

@@ -29,7 +29,7 @@ def restore(config, workdir, directory, step):
   setup = engine.make_setup(config)
   tx = setup.optimizer('constant', config.prune.round_epochs)
   checkpoints = Checkpoints(RunDir(workdir).checkpoints(directory))
-  state = checkpoints.restore(step, setup.abstract_state(config.seed, tx))
+  state = checkpoints.restore(step, setup.abstract_state(tx))
   checkpoints.close()
   return setup, state
 
@@ -157,7 +157,7 @@ def test_seeds_trained_together_match_seeds_trained_one_by_one(tmp_path):
     states = []
     for choice in ('sequential', 'vmap'):
       checkpoints = Checkpoints(RunDir(str(tmp_path / choice)).checkpoints(RunDir.final_name('signed', 2, seed)))
-      states.append(checkpoints.restore(config.final.epochs, setup.abstract_state(seed, tx)))
+      states.append(checkpoints.restore(config.final.epochs, setup.abstract_state(tx)))
       checkpoints.close()
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=parameter_share * float(np.max(np.abs(a)))),
                  states[0].params, states[1].params)

@@ -197,7 +197,7 @@ def test_cli_export_then_inspect(digits_run, tmp_path):
   signed, metadata = signs.load(str(out))
   setup = engine.make_setup(config)
   checkpoints = Checkpoints(RunDir(workdir).checkpoints('prune'))
-  state = checkpoints.restore(2, setup.abstract_state(config.seed, setup.optimizer('constant', 1)))
+  state = checkpoints.restore(2, setup.abstract_state(setup.optimizer('constant', 1)))
   summary = checkpoints.summary(2)
   checkpoints.close()
   expected = jax.tree.map(lambda s, norm: np.ones_like(s) if norm else s,
