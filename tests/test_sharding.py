@@ -17,11 +17,12 @@ pytestmark = pytest.mark.xdist_group('sharding')  # its module-scoped fixtures: 
 
 # Trains a few steps, prunes once, trains a few more on however many devices XLA was given; saves what it saw.
 STEPS_SCRIPT = '''
-import sys
+import sys, tempfile
 import jax, numpy as np
 sys.path.insert(0, 'tests')
 from conftest import tiny_digits_config
 from aws_jax import engine, pruning, train
+from aws_jax.checkpoints import Checkpoints
 config = tiny_digits_config(**{'mesh.fsdp': int(sys.argv[2]), 'init': 'flax'})  # the tolerances below were measured
 # with these initialisers (under 'authors', whose weights are smaller, losses drifted 3.3e-4 apart after the pruning)
 setup = engine.make_setup(config)
@@ -41,9 +42,15 @@ flat = {'/'.join(map(str, k)): np.asarray(v) for k, v in
         jax.tree_util.tree_flatten_with_path(jax.device_get((state.params, state.batch_stats, state.mask)))[0]
         for k in [tuple(getattr(p, 'key', getattr(p, 'idx', p)) for p in k)]}
 kernel = state.params['Conv_1']['kernel']
+traced = []  # the functions traced while the state is first saved
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, _, **kw: traced.append(kw.get('fun_name')) if event.endswith('jaxpr_trace_duration') else None)
+with Checkpoints(tempfile.mkdtemp()) as checkpoints:
+  checkpoints.save(0, state, {})
 np.savez(sys.argv[1], losses=losses, alphas=alphas, devices=jax.device_count(),
          kernel_shards=len(kernel.sharding.device_set) if kernel.sharding.spec != () else 1,
-         kernel_replicated=kernel.sharding.is_fully_replicated, compiles=step._cache_size(), **flat)
+         kernel_replicated=kernel.sharding.is_fully_replicated, compiles=step._cache_size(),
+         traced_by_save=sorted(set(traced)), **flat)
 '''
 
 
@@ -68,6 +75,8 @@ def test_eight_devices_train_and_prune_like_one(one_device, tmp_path, fsdp):
   assert eight['devices'] == 8 and one_device['devices'] == 1
   assert eight['compiles'] == 1  # pruning changed mask values, not shapes or placements
   assert bool(eight['kernel_replicated']) == (fsdp == 1)
+  # a save compiles nothing per device (orbax's replica-parallel saving sliced each replicated array 8 ways)
+  assert set(eight['traced_by_save']) <= {'signs'}, eight['traced_by_save']
   np.testing.assert_array_equal(eight['alphas'], one_device['alphas'])  # one α per global step
   np.testing.assert_allclose(eight['losses'], one_device['losses'], rtol=1e-4)
   for key, value in one_device.items():
