@@ -229,9 +229,9 @@ def barrier_wall_time(model_name: str, points: int, train_images: int, test_imag
   mean, std = np.full(3, 127.5, np.float32), np.full(3, 74.0, np.float32)
   path = barrier.path_data(images, test, labels, mean, std, batch_size=min(128, train_images), bn_batches=-1,
                            eval_batch_size=500)
-  endpoints = []
+  endpoints, init = [], jax.jit(train.init_variables, static_argnums=(0, 2))
   for seed in (0, 1):
-    params, batch_stats = train.init_variables(model, jax.random.PRNGKey(seed), (image, image, 3))
+    params, batch_stats = init(model, jax.random.PRNGKey(seed), (image, image, 3))
     endpoints.append({'params': params, 'batch_stats': batch_stats})
   start = time.perf_counter()
   curve = barrier.error_curve(model, *endpoints, path, points=points)
