@@ -88,7 +88,7 @@ def test_step_without_masks_is_the_same_step_with_the_masks_folded_away():
   from aws_jax import models, pruning, speed, train  # pylint: disable=import-outside-toplevel
   model = models.create_model('small_cnn', 10)
   tx = train.make_optimizer('sgd', 0.1, 0.9, 5e-4)
-  params, batch_stats = train.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  params, batch_stats = jax.jit(train.init_variables, static_argnums=(0, 2))(model, jax.random.PRNGKey(0), (8, 8, 1))
   state = train.create_state(params, batch_stats, pruning.full_mask(params), params, tx, jax.random.PRNGKey(1))
   step = train.make_train_step(model, tx, aws=True, is_norm=pruning.norm_leaves(params), augmentation='none',
                                mean=np.zeros(1, np.float32), std=np.ones(1, np.float32))

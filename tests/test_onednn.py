@@ -173,7 +173,7 @@ def test_model_step_matches_xla_convolutions():
   XLA's. XLA runs independent custom calls at once on its threads: oneDNN's shared scratchpad crashed here."""
   model = models.create_model('resnet20', 10)
   x = np.random.default_rng(2).standard_normal((4, 32, 32, 3), np.float32)
-  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  variables = jax.jit(model.init, static_argnames='train')(jax.random.PRNGKey(0), x, train=False)
 
   def loss_and_grads():
     def loss(params):
