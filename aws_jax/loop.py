@@ -93,14 +93,20 @@ def stop(signum: int, where: str) -> preemption.Stopped:
                                     f'rerun the same command to resume')
 
 
+@jax.jit
 def stack(states: Sequence[train.TrainState]) -> train.TrainState:
-  """States of the same shapes as one state with a leading population axis."""
+  """States of the same shapes as one state with a leading population axis (one program, not one per leaf)."""
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+@jax.jit
+def _member(state: train.TrainState, index) -> train.TrainState:
+  return jax.tree.map(lambda x: x[index], state)
 
 
 def member_state(state: train.TrainState, index: int, population: int) -> train.TrainState:
   """Member `index`'s state out of a population's state (the state itself for a population of one)."""
-  return state if population == 1 else jax.tree.map(lambda x: x[index], state)
+  return state if population == 1 else _member(state, index)
 
 
 def train_epochs(setup: Setup, step_fn: Callable, states: Sequence[train.TrainState], members: Sequence[Member], *,
