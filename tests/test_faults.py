@@ -18,7 +18,7 @@ from aws_jax import protocol, reporting, stages
 from aws_jax.checkpoints import Checkpoints
 from aws_jax.errors import UserError
 from aws_jax.rundir import Lock, RunDir
-from aws_jax.signs.export import _restore_signs as restore_signs_item
+from aws_jax.signs.export import restore_signs
 from conftest import (REPO, SUBPROCESS_TIMEOUT, cli_command, run_cli, tensorboard_scalars, tiny_digits_config,
                       without_times)
 from test_protocol import assert_one_line_error
@@ -171,7 +171,7 @@ def assert_same_run(workdir, reference) -> None:
 def restored_signs(workdir) -> list:
   """The signed masks of every pruning round saved in `workdir`."""
   with Checkpoints(RunDir(str(workdir)).checkpoints('prune')) as checkpoints:  # read as `signs export` reads them
-    return [restore_signs_item(os.path.join(checkpoints.directory, str(step), 'state'))
+    return [restore_signs(os.path.join(checkpoints.directory, str(step), 'state'))
             for step in checkpoints.steps()]
 
 

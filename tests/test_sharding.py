@@ -17,7 +17,7 @@ pytestmark = pytest.mark.xdist_group('sharding')  # its module-scoped fixtures: 
 
 # Trains a few steps, prunes once, trains a few more on however many devices XLA was given; saves what it saw.
 STEPS_SCRIPT = '''
-import sys, tempfile
+import sys
 import jax, numpy as np
 sys.path.insert(0, 'tests')
 from conftest import tiny_digits_config
@@ -45,7 +45,7 @@ kernel = state.params['Conv_1']['kernel']
 traced = []  # the functions traced while the state is first saved
 jax.monitoring.register_event_duration_secs_listener(
     lambda event, _, **kw: traced.append(kw.get('fun_name')) if event.endswith('jaxpr_trace_duration') else None)
-with Checkpoints(tempfile.mkdtemp()) as checkpoints:
+with Checkpoints(sys.argv[1] + '.checkpoints') as checkpoints:  # beside the output, in the test's directory
   checkpoints.save(0, state, {})
 np.savez(sys.argv[1], losses=losses, alphas=alphas, devices=jax.device_count(),
          kernel_shards=len(kernel.sharding.device_set) if kernel.sharding.spec != () else 1,

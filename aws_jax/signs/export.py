@@ -45,7 +45,7 @@ def export(config, workdir: str, round_index: int | None, out: str) -> dict:
   from aws_jax.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
   with Checkpoints(directory) as checkpoints:
     summary = checkpoints.summary(round_index)
-  signed = _restore_signs(os.path.join(directory, str(round_index), 'state'))
+  signed = restore_signs(os.path.join(directory, str(round_index), 'state'))
   num_classes = signed['classifier']['kernel'].shape[-1]
   image_shape = datasets.facts(config.dataset).image_shape
   mismatch = tree_mismatch(signed, abstract_params(config.model, num_classes, image_shape))
@@ -57,7 +57,7 @@ def export(config, workdir: str, round_index: int | None, out: str) -> dict:
   return save_with_pruning_rules(out, signed, metadata, config.prune.exclude)
 
 
-def _restore_signs(state_directory: str) -> dict:
+def restore_signs(state_directory: str) -> dict:
   """The 'signs' item of a `Checkpoints` state, alone, as numpy arrays (the rest is never read)."""
   import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
