@@ -127,9 +127,10 @@ def plan(config, spec: str, batch: int, steps: int) -> None:
 
 
 def parse_flags(argv):
-  """`cli.parse_flags`, with `--plan=CONFIG` also read as `--config=CONFIG`, so that --config.KEY=VALUE overrides it."""
+  """`cli.parse_flags`, with `--plan=CONFIG` also read as `--config=CONFIG`, so that --config.KEY=VALUE overrides it;
+  no persistent compilation cache, so that the compile times it prints are compilations."""
   plans = [argument[len('--plan='):] for argument in argv[1:] if argument.startswith('--plan=')]
-  return cli.parse_flags(argv[:1] + [f'--config={spec}' for spec in plans[-1:]] + argv[1:])
+  return cli.parse_flags(argv[:1] + [f'--config={spec}' for spec in plans[-1:]] + argv[1:], compilation_cache=False)
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 import aws_jax
+from aws_jax import caches
 from aws_jax import config as config_lib
 from aws_jax import rundir as rundir_lib
 from aws_jax.errors import UserError
@@ -146,9 +147,10 @@ def define_path_list(name: str, help_text: str) -> flags.FlagHolder:
 
 # --- Parsing, logging, checks. -----------------------------------------------------------------------------------
 
-def parse_flags(argv):
+def parse_flags(argv, compilation_cache: bool = True):
   """absl's flag parsing, with a bad flag, config or override reported on one line instead of a traceback; `--help`
-  exits 0; library logging is turned down (`quiet_logging`)."""
+  exits 0; library logging is turned down (`quiet_logging`); JAX's persistent compilation cache is on
+  (`caches.use_compilation_cache`) unless `compilation_cache` is False."""
   try:
     if 'config' in flags.FLAGS:
       argv = _with_config_resolved(argv)
@@ -169,6 +171,8 @@ def parse_flags(argv):
   except (ImportError, NameError) as e:
     exit_with(f'the config file failed to load ({type(e).__name__}: {e}); fix it')
   quiet_logging()
+  if compilation_cache:
+    caches.use_compilation_cache()
   return remaining
 
 

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aws_jax import caches
+
 SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
 LIBRARIES = ('system', 'pypi')
 DEFAULT_ORDER = ('system', 'pypi')
@@ -67,7 +69,7 @@ def _build(library: str) -> pathlib.Path:
   """The compiled library's path, compiling it if this source, jaxlib and command have not been compiled before."""
   command = _compile_command(library, '{output}')
   digest = hashlib.sha256(SOURCE.read_bytes() + jax.lib.__version__.encode() + ' '.join(command).encode())
-  cache = pathlib.Path(os.environ.get('AWS_JAX_CACHE', pathlib.Path.home() / '.cache' / 'aws_jax'))
+  cache = caches.directory()
   path = cache / f'onednn_conv-{digest.hexdigest()[:16]}.so'
   if not path.exists():
     cache.mkdir(parents=True, exist_ok=True)
