@@ -33,8 +33,13 @@ def use_compilation_cache() -> str | None:
     return None
   if not os.access(path, os.W_OK | os.X_OK):
     return None
-  settings = {'jax_compilation_cache_dir': str(path), 'jax_compilation_cache_max_size': XLA_CACHE_BYTES,
-              'jax_persistent_cache_min_compile_time_secs': XLA_CACHE_MIN_COMPILE_SECONDS}
+  settings = {'jax_compilation_cache_dir': str(path), 'jax_persistent_cache_min_compile_time_secs':
+              XLA_CACHE_MIN_COMPILE_SECONDS}
+  try:
+    import filelock  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    settings['jax_compilation_cache_max_size'] = XLA_CACHE_BYTES
+  except ImportError:  # a dependency of aws_jax, but without it JAX refuses to compile under a size limit
+    pass
   for name, value in settings.items():
     os.environ.setdefault(name.upper(), str(value))
   if 'jax' in sys.modules:  # already imported: it read the environment then

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from aws_jax import caches
 from conftest import REPO, SUBPROCESS_TIMEOUT
 
@@ -13,6 +15,10 @@ import json, os
 from aws_jax import caches
 path = caches.use_compilation_cache()
 print(json.dumps([path, {k: v for k, v in os.environ.items() if k.startswith('JAX_')}]))
+'''
+WITHOUT_FILELOCK = '''
+import sys
+sys.modules['filelock'] = None  # its import fails
 '''
 COMPILE = '''
 import json
@@ -58,12 +64,17 @@ def test_a_cache_directory_that_cannot_be_made_leaves_the_cache_off(tmp_path):
   assert run(REPORT, environment(AWS_JAX_CACHE=str(tmp_path / 'file'))) == [None, {}]
 
 
-def test_a_process_reads_what_an_earlier_one_compiled(tmp_path):
+@pytest.mark.parametrize('filelock', [True, False])
+def test_a_process_reads_what_an_earlier_one_compiled(tmp_path, filelock):
+  """With the size limit, or without it where filelock is missing (JAX would refuse to compile under a limit)."""
   env = environment(AWS_JAX_CACHE=str(tmp_path), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  assert run(COMPILE, env) == [str(tmp_path / 'xla'), False]
+  prelude = '' if filelock else WITHOUT_FILELOCK
+  limit = run(prelude + REPORT, env)[1].get('JAX_COMPILATION_CACHE_MAX_SIZE')
+  assert limit == (str(caches.XLA_CACHE_BYTES) if filelock else None)
+  assert run(prelude + COMPILE, env) == [str(tmp_path / 'xla'), False]
   written = sorted(os.listdir(tmp_path / 'xla'))
   assert any(name.endswith('-cache') for name in written), written
-  assert run(COMPILE, env) == [str(tmp_path / 'xla'), True]
+  assert run(prelude + COMPILE, env) == [str(tmp_path / 'xla'), True]
 
 
 def test_commands_turn_it_on_as_they_parse_their_flags(tmp_path):
